@@ -499,9 +499,7 @@ impl Unpacker<'_> {
                 self.check_lowers(parents)?;
                 return Ok(fd);
             }
-            Err(Errno::NOENT) => {}
-            Err(Errno::LOOP | Errno::XDEV) => return Err(EntryProblem::ThroughSymlink.into()),
-            Err(Errno::NOTDIR) => return Err(EntryProblem::ParentNotDirectory.into()),
+            Err(Errno::NOENT | Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => {}
             Err(e) => return Err(sys("open parent")(e)),
         }
         // Walk down, creating what is missing, one component at a time.
@@ -521,8 +519,18 @@ impl Unpacker<'_> {
                     }
                     open(&cur).map_err(sys("open parent"))?
                 }
-                Err(Errno::LOOP | Errno::XDEV) => return Err(EntryProblem::ThroughSymlink.into()),
-                Err(Errno::NOTDIR) => return Err(EntryProblem::ParentNotDirectory.into()),
+                // O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR or ELOOP: tell them apart.
+                Err(Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => {
+                    return Err(
+                        match rustix::fs::statat(&cur, *part, AtFlags::SYMLINK_NOFOLLOW) {
+                            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                                EntryProblem::ThroughSymlink
+                            }
+                            _ => EntryProblem::ParentNotDirectory,
+                        }
+                        .into(),
+                    );
+                }
                 Err(e) => return Err(sys("open parent")(e)),
             };
         }

@@ -1,1 +1,880 @@
+//! Harness for Skiff's end-to-end tests: real components started on loopback and torn down on
+//! drop (Debian's `docker-registry`, a bearer-token service signing with openssl), test images
+//! built from Debian's busybox-static and pushed with skopeo, and the `skiff` binary itself.
+//!
+//! Tests that need root say so and fail when `SKIFF_REQUIRE_PRIVILEGED=1` (CI sets it), rather
+//! than passing green without running.
 
+#![allow(missing_debug_implementations)] // test fixtures, never printed
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+
+/// Whether the test may run privileged steps; if not, says why, and panics under CI's
+/// `SKIFF_REQUIRE_PRIVILEGED=1` so that a skip is never silent there.
+pub fn privileged(test: &str) -> bool {
+    if rustix_is_root() {
+        return true;
+    }
+    let msg = format!("{test}: needs root (mounts, chown, mknod); not running as root");
+    if std::env::var("SKIFF_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{msg}, and SKIFF_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    eprintln!("SKIP {msg}");
+    false
+}
+
+fn rustix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Path of a binary of this workspace (built by `cargo build --workspace` / `cargo test`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} not built: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+/// The SHA-256 digest string of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A `skiff` CLI bound to a private root and config file.
+pub struct Skiff {
+    /// Scratch directory holding the root and config.
+    pub dir: TempDir,
+    /// The store root.
+    pub root: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl Skiff {
+    /// A fresh store with `config` as images.toml.
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("root");
+        let cfg = dir.path().join("images.toml");
+        fs::write(&cfg, config).expect("write config");
+        Self {
+            root,
+            config: cfg,
+            dir,
+        }
+    }
+
+    /// Replaces the config file.
+    pub fn set_config(&self, config: &str) {
+        fs::write(&self.config, config).expect("write config");
+    }
+
+    /// A command running `skiff image <args>` on this store.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(workspace_bin("skiff"));
+        c.arg("image")
+            .args(args)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .env("HOME", self.dir.path())
+            .env_remove("DOCKER_CONFIG");
+        c
+    }
+
+    /// Runs `skiff image <args>`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run skiff")
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "skiff image {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and expects failure; returns stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "skiff image {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Asserts `skiff image verify` finds the store consistent.
+    pub fn assert_consistent(&self) {
+        self.ok(&["verify"]);
+    }
+}
+
+/// Runs a command, failing with its output on error.
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl.
+pub struct Tls {
+    /// The CA certificate (PEM) clients must trust.
+    pub ca: PathBuf,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server key.
+    pub key: PathBuf,
+}
+
+impl Tls {
+    /// Generates into `dir`.
+    pub fn generate(dir: &Path) -> Result<Self> {
+        let p = |n: &str| dir.join(n);
+        sh(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=skiff-test-ca",
+            ])
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")))?;
+        sh(Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")))?;
+        fs::write(
+            p("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        sh(Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p("ext.cnf"))
+            .arg("-out")
+            .arg(p("server.pem")))?;
+        Ok(Self {
+            ca: p("ca.pem"),
+            cert: p("server.pem"),
+            key: p("server.key"),
+        })
+    }
+}
+
+/// How a test registry authenticates.
+pub enum Auth<'a> {
+    /// Anonymous.
+    None,
+    /// htpasswd basic auth.
+    Basic(&'a str, &'a str),
+    /// The bearer-token flow against a [`TokenServer`].
+    Token(&'a TokenServer),
+}
+
+/// Debian's docker-registry (distribution 2.8) on a loopback port.
+pub struct Registry {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    /// Its scratch directory (storage, config, log).
+    pub dir: TempDir,
+    /// TLS material when it serves HTTPS.
+    pub tls: Option<Tls>,
+}
+
+impl Registry {
+    /// Starts a registry over plain HTTP.
+    pub fn start(auth: Auth<'_>) -> Result<Self> {
+        Self::start_with(auth, false)
+    }
+
+    /// Starts a registry, with HTTPS if `tls`.
+    pub fn start_with(auth: Auth<'_>, tls: bool) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-registry-")
+            .tempdir()?;
+        let port = free_port();
+        let tls = if tls {
+            Some(Tls::generate(dir.path())?)
+        } else {
+            None
+        };
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(t) = &tls {
+            cfg += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                t.cert.display(),
+                t.key.display()
+            );
+        }
+        match auth {
+            Auth::None => {}
+            Auth::Basic(user, pass) => {
+                let line = sh(Command::new("htpasswd").args(["-Bbn", user, pass]))?;
+                let file = dir.path().join("htpasswd");
+                fs::write(&file, line.trim())?;
+                cfg += &format!(
+                    "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+                    file.display()
+                );
+            }
+            Auth::Token(ts) => {
+                cfg += &format!(
+                    "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    ts.port,
+                    TokenServer::SERVICE,
+                    TokenServer::ISSUER,
+                    ts.cert.display()
+                );
+            }
+        }
+        let cfg_path = dir.path().join("config.yml");
+        fs::write(&cfg_path, cfg)?;
+        let log = fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start docker-registry (apt-get install docker-registry)")?;
+        let reg = Self {
+            child,
+            port,
+            dir,
+            tls,
+        };
+        wait_for_port(port)?;
+        Ok(reg)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The registry's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many times the blob `digest` was fetched (GET) from this registry.
+    pub fn blob_gets(&self, digest: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest} ")))
+            .count()
+    }
+
+    /// Pushes an OCI layout tag here with skopeo (all platforms of an index).
+    pub fn push_layout(
+        &self,
+        layout: &Path,
+        tag: &str,
+        repo: &str,
+        creds: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--all", "--dest-tls-verify=false"]);
+        if let Some((u, p)) = creds {
+            c.arg(format!("--dest-creds={u}:{p}"));
+        }
+        c.arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host()));
+        sh(&mut c).map(|_| ())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listening on 127.0.0.1:{port} after 20 s")
+}
+
+/// A bearer-token service as the distribution token spec describes: checks basic credentials,
+/// and answers with an RS256 JWT whose `x5c` certificate the registry trusts.
+pub struct TokenServer {
+    /// Its port.
+    pub port: u16,
+    /// The certificate the registry is configured to trust.
+    pub cert: PathBuf,
+    _dir: TempDir,
+    stop: Arc<AtomicBool>,
+}
+
+impl TokenServer {
+    /// The `service` the registry and tokens name.
+    pub const SERVICE: &'static str = "skiff-test-registry";
+    /// The issuer.
+    pub const ISSUER: &'static str = "skiff-test-issuer";
+
+    /// Starts a token service that grants pull and push to `user:pass` only.
+    pub fn start(user: &str, pass: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("skiff-token-").tempdir()?;
+        let key = dir.path().join("token.key");
+        let cert = dir.path().join("token.pem");
+        sh(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=skiff-test-token",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert))?;
+        let der = sh_bytes(
+            Command::new("openssl")
+                .args(["x509", "-outform", "der", "-in"])
+                .arg(&cert),
+        )?;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        );
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = serve_token(conn, &want, &key, &x5c);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Self {
+            port,
+            cert,
+            _dir: dir,
+            stop,
+        })
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn sh_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+fn serve_token(conn: TcpStream, want_auth: &str, key: &Path, x5c: &str) -> Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut authorized = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") && v.trim() == want_auth {
+                authorized = true;
+            }
+        }
+    }
+    let mut conn = conn;
+    if !authorized {
+        let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#;
+        write!(
+            conn,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let mut access = Vec::new();
+    for pair in query.split('&') {
+        if let Some(scope) = pair.strip_prefix("scope=") {
+            let scope = scope
+                .replace("%3A", ":")
+                .replace("%2F", "/")
+                .replace("%2C", ",");
+            let parts: Vec<&str> = scope.split(':').collect();
+            if let [kind, name, actions] = parts.as_slice() {
+                access.push(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}));
+            }
+        }
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TokenServer::ISSUER, "sub": "tester", "aud": TokenServer::SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", std::process::id()),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(signing_input.as_bytes())?;
+    let sig = child.wait_with_output()?.stdout;
+    let token = format!("{signing_input}.{}", b64(&sig));
+    let body =
+        serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+    write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
+}
+
+/// How a test layer is compressed.
+#[derive(Clone, Copy, Debug)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    fn media_type(self) -> &'static str {
+        match self {
+            Self::None => "application/vnd.oci.image.layer.v1.tar",
+            Self::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Self::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+
+    fn compress(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Self::None => data.to_vec(),
+            Self::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).expect("gzip");
+                e.finish().expect("gzip")
+            }
+            Self::Zstd => zstd::encode_all(data, 3).expect("zstd"),
+        }
+    }
+}
+
+/// Builds one layer tar.
+pub struct Layer {
+    builder: tar::Builder<Vec<u8>>,
+}
+
+impl Default for Layer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Layer {
+    /// An empty layer.
+    pub fn new() -> Self {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.mode(tar::HeaderMode::Complete);
+        Self { builder }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    }
+
+    /// A regular file.
+    pub fn file(mut self, path: &str, data: &[u8], mode: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+        self.builder
+            .append_data(&mut h, path, data)
+            .expect("tar file");
+        self
+    }
+
+    /// A regular file with owner and mtime.
+    pub fn file_owned(
+        mut self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: u64,
+    ) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(mtime);
+        self.builder
+            .append_data(&mut h, path, data)
+            .expect("tar file");
+        self
+    }
+
+    /// A directory.
+    pub fn dir(mut self, path: &str, mode: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        self.builder
+            .append_data(&mut h, path, &[][..])
+            .expect("tar dir");
+        self
+    }
+
+    /// A symlink.
+    pub fn symlink(mut self, path: &str, target: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        self.builder
+            .append_link(&mut h, path, target)
+            .expect("tar symlink");
+        self
+    }
+
+    /// A hard link to an earlier entry.
+    pub fn hardlink(mut self, path: &str, target: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Link, 0o644, 0);
+        self.builder
+            .append_link(&mut h, path, target)
+            .expect("tar hardlink");
+        self
+    }
+
+    /// A FIFO.
+    pub fn fifo(mut self, path: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Fifo, 0o600, 0);
+        self.builder
+            .append_data(&mut h, path, &[][..])
+            .expect("tar fifo");
+        self
+    }
+
+    /// A whiteout of `path` (the OCI `.wh.` form).
+    pub fn whiteout(self, path: &str) -> Self {
+        let (dir, name) = path
+            .rsplit_once('/')
+            .map(|(d, n)| (format!("{d}/"), n))
+            .unwrap_or((String::new(), path));
+        self.file(&format!("{dir}.wh.{name}"), b"", 0o644)
+    }
+
+    /// An opaque marker for directory `dir`.
+    pub fn opaque(self, dir: &str) -> Self {
+        self.file(&format!("{dir}/.wh..wh..opq"), b"", 0o644)
+    }
+
+    /// busybox-static at /bin/busybox with its applet links in /bin.
+    pub fn busybox(self) -> Self {
+        let data = fs::read("/bin/busybox")
+            .expect("busybox-static installed (apt-get install busybox-static)");
+        let mut l = self.dir("bin", 0o755).file("bin/busybox", &data, 0o755);
+        for applet in [
+            "sh", "echo", "cat", "ls", "sleep", "true", "false", "env", "id",
+        ] {
+            l = l.symlink(&format!("bin/{applet}"), "busybox");
+        }
+        l
+    }
+
+    /// The tar bytes.
+    pub fn finish(self) -> Vec<u8> {
+        self.builder.into_inner().expect("tar finish")
+    }
+}
+
+/// One platform's image in a test layout.
+pub struct ImageSpec {
+    /// e.g. "amd64".
+    pub arch: String,
+    /// e.g. Some("v8").
+    pub variant: Option<String>,
+    /// Layers (tar bytes and compression), bottom first.
+    pub layers: Vec<(Vec<u8>, Compression)>,
+}
+
+/// Writes an OCI image layout at `dir` with `tag` pointing at a manifest (one spec) or an index
+/// (several). Returns the digest of what the tag points at.
+pub fn write_layout(dir: &Path, tag: &str, specs: &[ImageSpec]) -> Result<String> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let put = |data: &[u8]| -> Result<(String, usize)> {
+        let d = sha256(data);
+        fs::write(blobs.join(&d[7..]), data)?;
+        Ok((d, data.len()))
+    };
+    let mut manifests = Vec::new();
+    for spec in specs {
+        let mut layers = Vec::new();
+        let mut diff_ids = Vec::new();
+        for (tar, comp) in &spec.layers {
+            diff_ids.push(sha256(tar));
+            let (d, size) = put(&comp.compress(tar))?;
+            layers.push(
+                serde_json::json!({"mediaType": comp.media_type(), "digest": d, "size": size}),
+            );
+        }
+        let mut config = serde_json::json!({
+            "architecture": spec.arch, "os": "linux",
+            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        if let Some(v) = &spec.variant {
+            config["variant"] = serde_json::json!(v);
+        }
+        let (cd, cs) = put(config.to_string().as_bytes())?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+            "layers": layers,
+        });
+        let (md, ms) = put(manifest.to_string().as_bytes())?;
+        let mut platform = serde_json::json!({"architecture": spec.arch, "os": "linux"});
+        if let Some(v) = &spec.variant {
+            platform["variant"] = serde_json::json!(v);
+        }
+        manifests.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms, "platform": platform,
+        }));
+    }
+    let top = if manifests.len() == 1 {
+        let mut m = manifests.remove(0);
+        m.as_object_mut().expect("object").remove("platform");
+        m
+    } else {
+        let index = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests,
+        });
+        let (d, s) = put(index.to_string().as_bytes())?;
+        serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": s})
+    };
+    let digest = top["digest"].as_str().expect("digest").to_owned();
+    let mut entry = top;
+    entry["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [entry]});
+    fs::write(dir.join("index.json"), index.to_string())?;
+    Ok(digest)
+}
+
+/// What a file system entry looks like, for comparing trees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// "file", "dir", "symlink", "fifo", "char", "block".
+    pub kind: &'static str,
+    /// Permission bits including setuid/setgid/sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Content digest (files), link target (symlinks), device number (devices).
+    pub content: String,
+    /// Modification time (None for directories, whose mtimes tools handle differently).
+    pub mtime: Option<i64>,
+}
+
+/// Walks `root` without following symlinks.
+pub fn tree(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
+    let mut entries: Vec<_> = fs::read_dir(dir).expect("read dir").flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let m = fs::symlink_metadata(&path).expect("lstat");
+        let ft = m.file_type();
+        let rel = path
+            .strip_prefix(root)
+            .expect("under root")
+            .display()
+            .to_string();
+        let (kind, content) = if ft.is_dir() {
+            ("dir", String::new())
+        } else if ft.is_symlink() {
+            (
+                "symlink",
+                fs::read_link(&path)
+                    .expect("readlink")
+                    .display()
+                    .to_string(),
+            )
+        } else if ft.is_file() {
+            let mut h = Sha256::new();
+            let mut f = fs::File::open(&path).expect("open");
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = f.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            ("file", hex::encode(h.finalize()))
+        } else if ft.is_fifo() {
+            ("fifo", String::new())
+        } else if ft.is_char_device() {
+            ("char", m.rdev().to_string())
+        } else {
+            ("block", m.rdev().to_string())
+        };
+        out.insert(
+            rel,
+            Node {
+                kind,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                content,
+                mtime: (!ft.is_dir()).then(|| m.mtime()),
+            },
+        );
+        if ft.is_dir() {
+            walk(root, &path, out);
+        }
+    }
+}
+
+/// Differences between two trees, one line each (empty when equal).
+pub fn diff_trees(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => out.push(format!("only in first: {k}")),
+            Some(w) if w != v => out.push(format!("{k}: {v:?} != {w:?}")),
+            _ => {}
+        }
+    }
+    for k in b.keys().filter(|k| !a.contains_key(*k)) {
+        out.push(format!("only in second: {k}"));
+    }
+    out
+}
