@@ -171,9 +171,17 @@ impl ImagesConfig {
 
     /// Parses TOML text; `path` is only for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: match line {
+                    Some(l) => format!("line {l}: {}", e.message()),
+                    None => e.message().to_owned(),
+                },
+            }
         })
     }
 
@@ -434,7 +442,7 @@ mod tests {
         let err = ImagesConfig::parse("[registries.x]\ninsecur = true\n", Path::new("t.toml"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("insecur"), "{err}");
+        assert!(err.contains("line 2: unknown field `insecur`"), "{err}");
     }
 
     #[test]
