@@ -524,12 +524,11 @@ impl Images {
             let limits = self.config.limits.clone();
             let (layer_name, layer_digest, expected) =
                 (name.to_owned(), digest.clone(), diff_ids[i].clone());
-            let (fresh, used, left) = blocking(move || {
-                let mut used = 0;
-                let fresh = store.ensure_snapshot(&chain, |dir| {
+            let (fresh, used) = blocking(move || {
+                store.ensure_snapshot(&chain, |dir| {
                     let blob = store.open_blob(&layer_digest)?;
-                    let mut b = budget;
-                    let out = unpack_layer(blob, compression, dir, &lowers, &limits, &mut b)
+                    let mut left = budget;
+                    let out = unpack_layer(blob, compression, dir, &lowers, &limits, &mut left)
                         .map_err(|source| ImageError::Layer {
                             name: layer_name.clone(),
                             digest: layer_digest.clone(),
@@ -543,18 +542,12 @@ impl Images {
                             actual: out.diff_id,
                         });
                     }
-                    used = out.bytes;
-                    Ok(())
-                })?;
-                let used = if fresh {
-                    used
-                } else {
-                    crate::store::disk_usage(&store.snapshot_fs(&chain))
-                };
-                Ok::<_, ImageError>((fresh, used, budget.saturating_sub(used)))
+                    Ok(out.bytes)
+                })
             })
             .await?;
-            if !fresh && used > budget {
+            // A snapshot built by an earlier pull counts against this image's limit too.
+            if used > budget {
                 return Err(ImageError::Layer {
                     name: name.to_owned(),
                     digest: digest.clone(),
@@ -563,7 +556,7 @@ impl Images {
                     },
                 });
             }
-            budget = left;
+            budget -= used;
             unpacked_bytes += used;
             progress.emit(Event::LayerUnpacked {
                 digest: digest.clone(),
@@ -601,13 +594,13 @@ impl Images {
                 store.put_blob(b, Some(d))?;
             }
             store.put_blob(&manifest_bytes, Some(&manifest_digest))?;
-            let previous = store.get_record(&rec.name)?;
-            let rec = ImageRecord {
-                last_used_at: previous.as_ref().and_then(|p| p.last_used_at),
-                keep: rec.keep || previous.is_some_and(|p| p.keep),
-                ..rec
-            };
-            store.put_record(&rec)
+            store.update_record(&rec.name.clone(), |previous| {
+                Some(ImageRecord {
+                    last_used_at: previous.as_ref().and_then(|p| p.last_used_at),
+                    keep: rec.keep || previous.is_some_and(|p| p.keep),
+                    ..rec
+                })
+            })
         })
         .await?;
         Ok(record)

@@ -23,6 +23,7 @@
 //! The caller unpacks into a fresh directory and discards it on any error, so a bad layer never
 //! leaves a partial snapshot.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -30,6 +31,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{
     AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
@@ -211,9 +213,20 @@ pub fn unpack_tar(
         dir_times: Vec::new(),
         bytes: 0,
     };
-    let mut archive = tar::Archive::new(HashingReader::new(stream));
+    let allowance = Rc::new(Cell::new(None));
+    let mut archive = tar::Archive::new(HashingReader::new(HeaderGuard {
+        inner: stream,
+        allowance: Rc::clone(&allowance),
+    }));
     let mut entries = 0u64;
-    for entry in archive.entries().map_err(UnpackError::Read)? {
+    let mut iter = archive.entries().map_err(UnpackError::Read)?;
+    loop {
+        // Whatever the tar reader consumes to reach the next entry is bounded; the entry's
+        // content, read below, is bounded by the byte budget instead.
+        allowance.set(Some(MAX_HEADER_BYTES));
+        let next = iter.next();
+        allowance.set(None);
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(UnpackError::Read)?;
         entries += 1;
         if entries > limits.max_layer_entries {
@@ -237,6 +250,35 @@ pub fn unpack_tar(
         bytes: u.bytes,
         entries,
     })
+}
+
+/// Most bytes the tar reader may consume between two entries: the next entry's headers, PAX
+/// records and GNU long names, which the `tar` crate reads into memory whole, and the data of
+/// a non-file entry, skipped. Without a bound a few kilobytes of gzip could declare a PAX
+/// header of gigabytes and exhaust memory before any entry is seen.
+const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// Fails reads past `allowance` while it is set.
+struct HeaderGuard<R> {
+    inner: R,
+    allowance: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.allowance.get() else {
+            return self.inner.read(buf);
+        };
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::other(format!(
+                "tar headers of one entry exceed {MAX_HEADER_BYTES} bytes"
+            )));
+        }
+        let max = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.allowance.set(Some(left - n as u64));
+        Ok(n)
+    }
 }
 
 enum Failure {
@@ -267,7 +309,9 @@ fn components(raw: &[u8], limit: usize) -> Result<Vec<&OsStr>, EntryProblem> {
             limit,
         });
     }
-    if raw.starts_with(b"/") {
+    // A bare "/" is the layer's root directory, as umoci writes it; anything below it
+    // written absolutely is refused rather than silently re-rooted.
+    if raw.starts_with(b"/") && raw.iter().any(|b| *b != b'/' && *b != b'.') {
         return Err(EntryProblem::Absolute);
     }
     let mut out = Vec::new();

@@ -233,6 +233,15 @@ impl Tar {
     }
 }
 
+/// The uid and gid this test runs as: entries owned by them unpack without privileges.
+fn own_uid() -> u64 {
+    rustix::process::geteuid().as_raw().into()
+}
+
+fn own_gid() -> u64 {
+    rustix::process::getegid().as_raw().into()
+}
+
 fn bytes_of(path: &Path) -> Vec<u8> {
     path.as_os_str().as_encoded_bytes().to_vec()
 }
@@ -421,8 +430,7 @@ fn dot_dot_inside_path_is_refused() {
     let mut sb = Sandbox::new();
     // `a/` is a real directory, so the kernel would resolve `a/..`; owned by whoever runs
     // the test, so that no privilege is needed to chown it.
-    let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
-    let a = Header::new("a/", DIRECTORY).owner(uid.as_raw().into(), gid.as_raw().into());
+    let a = Header::new("a/", DIRECTORY).owner(own_uid(), own_gid());
     let tar = Tar::new()
         .entry(&a, b"")
         .file("a/../../escape", b"pwned")
@@ -493,6 +501,35 @@ fn write_through_dot_dot_symlinks_is_refused() {
         });
         assert!(!sb.root().join("host/a/b/x").exists(), "{target}");
         assert!(!sb.root().join("host/a/x").exists(), "{target}");
+    }
+}
+
+#[test]
+fn write_through_symlink_inside_the_layer_is_refused() {
+    if !privileged() {
+        return;
+    }
+    // Even a symlink that stays inside the layer is never walked: what it points at depends on
+    // the layers stacked below, so the entry is refused rather than written through it.
+    // The symlink as the last component of the parent, and in the middle of it.
+    for (target, entry) in [
+        ("real", "link/x"),
+        ("real", "link/sub/x"),
+        ("./real/", "link/sub/x"),
+        (".", "link/real/sub/x"),
+    ] {
+        let mut sb = Sandbox::new();
+        let tar = Tar::new()
+            .dir("real/")
+            .dir("real/sub/")
+            .symlink("link", target)
+            .file(entry, b"x")
+            .finish();
+        let dest = sb.refuse(&tar, &[], entry, |p| {
+            matches!(p, EntryProblem::ThroughSymlink)
+        });
+        assert!(!dest.join("real/x").exists(), "{target} {entry}");
+        assert!(!dest.join("real/sub/x").exists(), "{target} {entry}");
     }
 }
 
@@ -860,11 +897,12 @@ fn compressed(tar: &[u8], compression: Compression) -> fs::File {
     let mut file = tempfile::tempfile().unwrap();
     match compression {
         Compression::Gzip => {
-            let mut gz = flate2::write::GzEncoder::new(&mut file, flate2::Compression::best());
+            // Fast is enough for runs of one byte, and the dev profile's zlib is slow at best.
+            let mut gz = flate2::write::GzEncoder::new(&mut file, flate2::Compression::fast());
             gz.write_all(tar).unwrap();
             gz.finish().unwrap();
         }
-        Compression::Zstd => zstd::stream::copy_encode(tar, &mut file, 19).unwrap(),
+        Compression::Zstd => zstd::stream::copy_encode(tar, &mut file, 3).unwrap(),
         Compression::None => file.write_all(tar).unwrap(),
     }
     file.rewind().unwrap();
@@ -881,10 +919,7 @@ fn decompression_bomb_is_refused() {
         let mut sb = Sandbox::new();
         let dest = sb.layer("layer");
         let blob = compressed(&tar, compression);
-        assert!(
-            blob.metadata().unwrap().len() < 64 * 1024,
-            "a bomb is small"
-        );
+        assert!(blob.metadata().unwrap().len() < MIB, "a bomb is small");
         let before = sb.host();
         let limits = Limits {
             max_image_bytes: MIB,
@@ -979,6 +1014,57 @@ fn sparse_file_bomb_is_refused() {
     assert!(matches!(err, UnpackError::TooLarge { .. }), "{err:?}");
     assert_eq!(bytes_under(&dest), 0);
     assert_eq!(before, sb.host());
+}
+
+#[test]
+fn oversized_tar_headers_are_refused_before_they_are_read_whole() {
+    // The tar reader holds a PAX header or a GNU long name in memory whole: a few kilobytes of
+    // gzip that declare 20 MiB of them must fail while reading, not allocate it all (at 4 GiB
+    // it is the daemon that dies). The image byte budget does not count them, so it is 1 MiB
+    // here to show that it is not what stops them.
+    const BIG: usize = 20 << 20;
+    let pax = Tar::new()
+        .pax(&[("comment", &vec![b'a'; BIG])])
+        .file("f", b"x")
+        .finish();
+    let mut name = vec![b'n'; BIG];
+    name.push(0);
+    let long_name = Tar::new()
+        .entry(&Header::new("././@LongLink", b'L'), &name)
+        .file("f", b"x")
+        .finish();
+    for (what, tar) in [("pax", pax), ("long name", long_name)] {
+        let mut sb = Sandbox::new();
+        let dest = sb.layer("layer");
+        let blob = compressed(&tar, Compression::Gzip);
+        drop(tar);
+        assert!(blob.metadata().unwrap().len() < 1 << 20, "a bomb is small");
+        let before = sb.host();
+        let limits = Limits {
+            max_image_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let mut budget = limits.max_image_bytes;
+        let err = unpack_layer(blob, Compression::Gzip, &dest, &[], &limits, &mut budget)
+            .expect_err(what);
+        assert!(
+            matches!(&err, UnpackError::Read(e) if e.to_string().contains("tar headers")),
+            "{what}: {err:?}"
+        );
+        assert_eq!(bytes_under(&dest), 0, "{what}");
+        assert_eq!(before, sb.host(), "{what}");
+    }
+
+    // Headers of an ordinary size still pass: a 1 MiB PAX record.
+    let mut sb = Sandbox::new();
+    let dest = sb.layer("layer");
+    let tar = Tar::new()
+        .pax(&[("comment", &vec![b'a'; 1 << 20])])
+        .entry(&Header::new("f", REGULAR).owner(own_uid(), own_gid()), b"x")
+        .finish();
+    let (limits, mut budget) = default_budget();
+    unpack_tar(&tar[..], &dest, &[], &limits, &mut budget).unwrap();
+    assert_eq!(fs::read(dest.join("f")).unwrap(), b"x");
 }
 
 #[test]

@@ -123,7 +123,7 @@ impl Store {
             if snaps.contains(&chain) {
                 continue;
             }
-            report.bytes += super::disk_usage(&self.snapshot_fs(&chain));
+            report.bytes += self.snapshot_size(&chain);
             if !dry_run {
                 self.remove_snapshot(&chain)?;
             }

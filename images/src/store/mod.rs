@@ -284,16 +284,3 @@ pub(crate) fn remove_any(path: &Path) -> Result<(), StoreError> {
         _ => Ok(()),
     }
 }
-
-/// Bytes used under `path` (regular file sizes), not following symlinks.
-pub(crate) fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return if meta.is_file() { meta.len() } else { 0 };
-    }
-    fs::read_dir(path)
-        .map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum())
-        .unwrap_or(0)
-}

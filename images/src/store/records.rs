@@ -91,7 +91,7 @@ impl Store {
     }
 
     /// Registers (or re-points) an image. Call only once its content is all stored.
-    pub fn put_record(&self, record: &ImageRecord) -> Result<(), StoreError> {
+    fn put_record(&self, record: &ImageRecord) -> Result<(), StoreError> {
         let data = serde_json::to_vec_pretty(record).expect("records serialize");
         write_atomic(&self.record_path(&record.name), &data)
     }
@@ -144,12 +144,27 @@ impl Store {
         fs::remove_file(&path).map_err(io_err("remove", &path))
     }
 
+    /// Read-modify-write of the record `name` under its lock, so that two writers (a pull
+    /// re-pointing a tag and a mount noting its use) never lose each other's update.
+    pub fn update_record(
+        &self,
+        name: &str,
+        f: impl FnOnce(Option<ImageRecord>) -> Option<ImageRecord>,
+    ) -> Result<(), StoreError> {
+        let _lock = self.item_lock(&format!("rec-{}", Digest::of(name.as_bytes()).hex()))?;
+        match f(self.get_record(name)?) {
+            Some(rec) => self.put_record(&rec),
+            None => Ok(()),
+        }
+    }
+
     /// Notes that the image was just used.
     pub(crate) fn touch_record(&self, name: &str) -> Result<(), StoreError> {
-        if let Some(mut rec) = self.get_record(name)? {
-            rec.last_used_at = Some(now_secs());
-            self.put_record(&rec)?;
-        }
-        Ok(())
+        self.update_record(name, |rec| {
+            rec.map(|rec| ImageRecord {
+                last_used_at: Some(now_secs()),
+                ..rec
+            })
+        })
     }
 }

@@ -23,31 +23,37 @@ impl Store {
     }
 
     /// Ensures the snapshot `chain_id` exists, calling `build` with an empty directory to fill
-    /// when it does not. Returns whether it was built now. On error nothing is left behind.
+    /// when it does not; `build` returns the bytes of file content it wrote. Returns whether it
+    /// was built now, and its size. On error nothing is left behind.
     pub fn ensure_snapshot<E>(
         &self,
         chain_id: &Digest,
-        build: impl FnOnce(&Path) -> Result<(), E>,
-    ) -> Result<bool, E>
+        build: impl FnOnce(&Path) -> Result<u64, E>,
+    ) -> Result<(bool, u64), E>
     where
         E: From<StoreError>,
     {
         if self.has_snapshot(chain_id) {
-            return Ok(false);
+            return Ok((false, self.snapshot_size(chain_id)));
         }
         let _lock = self.item_lock(&format!("snap-{}", chain_id.hex()))?;
         if self.has_snapshot(chain_id) {
-            return Ok(false);
+            return Ok((false, self.snapshot_size(chain_id)));
         }
         let tmp = self.snapshots_tmp_dir().join(chain_id.hex());
         remove_any(&tmp)?; // left by a killed builder
         let tmp_fs = tmp.join("fs");
         fs::create_dir_all(&tmp_fs).map_err(io_err("create", &tmp_fs))?;
-        if let Err(e) = build(&tmp_fs) {
-            let _ = remove_any(&tmp);
-            return Err(e);
-        }
+        let size = match build(&tmp_fs) {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = remove_any(&tmp);
+                return Err(e);
+            }
+        };
         let finish = || -> Result<(), StoreError> {
+            let size_file = tmp.join("size");
+            fs::write(&size_file, size.to_string()).map_err(io_err("write", &size_file))?;
             let dir = fs::File::open(&tmp).map_err(io_err("open", &tmp))?;
             rustix::fs::syncfs(&dir).map_err(|e| io_err("syncfs", &tmp)(e.into()))?;
             let dest = self.snapshots_dir().join(chain_id.hex());
@@ -58,7 +64,16 @@ impl Store {
             let _ = remove_any(&tmp);
             return Err(e.into());
         }
-        Ok(true)
+        Ok((true, size))
+    }
+
+    /// Bytes of file content in a snapshot, as recorded when it was built.
+    pub(crate) fn snapshot_size(&self, chain_id: &Digest) -> u64 {
+        let path = self.snapshots_dir().join(chain_id.hex()).join("size");
+        fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub(crate) fn remove_snapshot(&self, chain_id: &Digest) -> Result<(), StoreError> {

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Skiff quick start on a fresh Debian 12 machine, as root. Safe to run again.
+#
+# What it does, as far as Skiff exists today (images/):
+#   1. installs build and runtime dependencies, builds Skiff (release) and installs `skiff`;
+#   2. starts a local registry (Debian's docker-registry) on 127.0.0.1:5055;
+#   3. builds a sample image from Debian's busybox-static (GNU tar + umoci), pushes it with skopeo;
+#   4. pulls it with `skiff image pull` into /var/lib/skiff, lists it, mounts its root
+#      filesystem and runs busybox in it, then unmounts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "quickstart: run as root (sudo $0)" >&2; exit 1; }
+
+REG=127.0.0.1:5055
+STATE=/var/lib/skiff-quickstart
+IMAGE=$REG/samples/busybox:1.0
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/skiff/target}"
+
+echo "== dependencies"
+./packaging/deps.sh
+
+echo "== build"
+cargo build --release --workspace --quiet
+install -m 0755 "$CARGO_TARGET_DIR/release/skiff" /usr/local/bin/skiff
+
+echo "== configuration"
+mkdir -p /etc/skiff
+[ -f /etc/skiff/images.toml ] || install -m 0644 packaging/images.toml /etc/skiff/images.toml
+if ! grep -q "\"$REG\"" /etc/skiff/images.toml; then
+  printf '\n# Added by packaging/quickstart.sh: the local sample registry speaks plain HTTP.\n[registries."%s"]\ninsecure = true\n' "$REG" >> /etc/skiff/images.toml
+fi
+
+echo "== local registry on $REG"
+mkdir -p "$STATE/registry"
+if ! curl -fsS "http://$REG/v2/" >/dev/null 2>&1; then
+  cat > "$STATE/registry.yml" <<YML
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $STATE/registry}, delete: {enabled: true}}
+http: {addr: $REG}
+YML
+  nohup docker-registry serve "$STATE/registry.yml" > "$STATE/registry.log" 2>&1 &
+  echo $! > "$STATE/registry.pid"
+  for _ in $(seq 50); do curl -fsS "http://$REG/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+echo "== sample image from busybox-static"
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"
+cp /bin/busybox "$work/rootfs/bin/busybox"
+for a in sh echo cat ls uname id sleep; do ln -s busybox "$work/rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' > "$work/rootfs/etc/passwd"
+echo 'Hello from a Skiff sample image' > "$work/rootfs/etc/motd"
+umoci init --layout "$work/layout"
+umoci new --image "$work/layout:1.0"
+# (umoci 0.4's `insert` writes a truncated tar; a layer made by GNU tar is added instead)
+tar -C "$work/rootfs" --numeric-owner -cf "$work/layer.tar" .
+umoci raw add-layer --image "$work/layout:1.0" "$work/layer.tar"
+umoci config --image "$work/layout:1.0" --config.cmd /bin/sh --config.env PATH=/bin
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1.0" "docker://$IMAGE"
+
+echo "== skiff image pull $IMAGE"
+skiff image pull "$IMAGE"
+echo "== skiff image ls"
+skiff image ls
+echo "== run busybox in the image's root filesystem"
+rootfs=$(skiff image mount "$IMAGE" quickstart-demo)
+trap 'skiff image unmount quickstart-demo; rm -rf "$work"' EXIT
+chroot "$rootfs" /bin/sh -c 'cat /etc/motd; uname -m'
+
+cat <<TXT
+
+Done. The sample image is in Skiff's store (/var/lib/skiff), served by the registry at $REG.
+Try next:
+  skiff image inspect $IMAGE
+  skiff image prune --dry-run
+  skiff image verify
+TXT
