@@ -479,10 +479,11 @@ fn serve_token(conn: TcpStream, want_auth: &str, key: &Path, x5c: &str) -> Resul
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("authorization") && v.trim() == want_auth {
-                authorized = true;
-            }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("authorization")
+            && v.trim() == want_auth
+        {
+            authorized = true;
         }
     }
     let mut conn = conn;
