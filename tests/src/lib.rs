@@ -353,8 +353,26 @@ impl Registry {
         repo: &str,
         creds: Option<(&str, &str)>,
     ) -> Result<()> {
+        self.push_layout_as(layout, tag, repo, creds, "oci")
+    }
+
+    /// Pushes as `push_layout`, converting to `format` (`oci` or Docker's `v2s2`).
+    pub fn push_layout_as(
+        &self,
+        layout: &Path,
+        tag: &str,
+        repo: &str,
+        creds: Option<(&str, &str)>,
+        format: &str,
+    ) -> Result<()> {
         let mut c = Command::new("skopeo");
-        c.args(["copy", "--all", "--dest-tls-verify=false"]);
+        c.args([
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            "--format",
+            format,
+        ]);
         if let Some((u, p)) = creds {
             c.arg(format!("--dest-creds={u}:{p}"));
         }

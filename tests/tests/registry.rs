@@ -550,3 +550,56 @@ fn a_malicious_layer_fails_the_pull_and_leaves_nothing() {
     assert!(tmp.is_empty(), "no partial snapshot is left: {tmp:?}");
     skiff.assert_consistent();
 }
+
+#[test]
+fn docker_schema2_manifests_and_manifest_lists() {
+    let reg = Registry::start(Auth::None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |arch: &str, variant: Option<&str>| ImageSpec {
+        arch: arch.into(),
+        variant: variant.map(Into::into),
+        layers: vec![
+            (Layer::new().busybox().finish(), Compression::Gzip),
+            (
+                Layer::new().file("arch", arch.as_bytes(), 0o644).finish(),
+                Compression::Gzip,
+            ),
+        ],
+    };
+    write_layout(
+        dir.path(),
+        "list",
+        &[spec("amd64", None), spec("arm64", Some("v8"))],
+    )
+    .unwrap();
+    reg.push_layout_as(dir.path(), "list", "dock/multi", None, "v2s2")
+        .unwrap();
+    let single = tempfile::tempdir().unwrap();
+    write_layout(single.path(), "one", &[spec("amd64", None)]).unwrap();
+    reg.push_layout_as(single.path(), "one", "dock/single", None, "v2s2")
+        .unwrap();
+
+    let skiff = Skiff::new(&insecure(&reg));
+    for (name, platform) in [
+        (format!("{}/dock/multi:list", reg.host()), "linux/arm64/v8"),
+        (format!("{}/dock/single:one", reg.host()), "linux/amd64"),
+    ] {
+        skiff.ok(&["pull", "--platform", platform, &name]);
+        let inspect: serde_json::Value =
+            serde_json::from_str(&skiff.ok(&["inspect", &name])).unwrap();
+        assert_eq!(
+            inspect["image"]["manifest_media_type"],
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "{name} was served as Docker schema 2"
+        );
+        let layer_type = inspect["image"]["layers"][0]["media_type"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            layer_type,
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+    skiff.assert_consistent();
+}
