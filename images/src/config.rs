@@ -130,7 +130,7 @@ pub struct ImagesConfig {
     pub limits: Limits,
     /// Prune defaults.
     pub cleanup: CleanupConfig,
-    /// Per-registry settings, keyed by host[:port].
+    /// Per-registry settings, keyed by `host[:port]`.
     pub registries: BTreeMap<String, RegistryConfig>,
 }
 
