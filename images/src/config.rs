@@ -124,7 +124,7 @@ pub struct ImagesConfig {
     pub docker_config: Option<PathBuf>,
     /// Layers downloaded at once per pull.
     pub concurrent_downloads: usize,
-    /// Attempts per registry endpoint for one request before moving on.
+    /// Rounds of attempts over the endpoints (mirrors, then the registry) for one request.
     pub attempts: u32,
     /// Unpack limits.
     pub limits: Limits,

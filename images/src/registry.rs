@@ -224,7 +224,10 @@ impl RegistrySource {
             .map(|_| ())
     }
 
-    /// Runs `op` against each endpoint in turn, retrying transient failures with backoff.
+    /// Runs `op` against the endpoints in rounds: each round tries every endpoint still in play
+    /// once, in order (so a dead mirror costs one attempt, not a backoff series, before the next
+    /// host is asked); an endpoint that answered with a permanent error leaves play; between
+    /// rounds the pause grows. After `attempts` rounds, every endpoint's last error is reported.
     async fn with_endpoints<T, F, Fut>(
         &self,
         what: &str,
@@ -235,44 +238,54 @@ impl RegistrySource {
         F: FnMut(usize) -> Fut,
         Fut: Future<Output = Result<T, AttemptError>>,
     {
-        let mut failures = Vec::new();
-        for i in self.order() {
-            let ep = &self.endpoints[i];
-            if let Err(e) = self.authenticate(ep).await {
-                failures.push(format!("{}: {e}", ep.host));
-                continue;
-            }
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
+        let mut last: Vec<Option<String>> = vec![None; self.endpoints.len()];
+        let mut in_play = self.order();
+        for round in 1..=self.attempts {
+            let mut still = Vec::new();
+            for &i in &in_play {
+                let ep = &self.endpoints[i];
+                if let Err(e) = self.authenticate(ep).await {
+                    last[i] = Some(e.to_string());
+                    continue;
+                }
                 match op(i).await {
                     Ok(v) => {
                         self.preferred.store(i, Ordering::Relaxed);
                         return Ok(v);
                     }
                     Err(AttemptError::Fatal(e)) => return Err(e),
-                    Err(AttemptError::Retry(msg)) if attempt < self.attempts => {
-                        let delay = backoff(attempt);
-                        progress.emit(Event::Retrying {
-                            what: what.to_owned(),
-                            host: ep.host.clone(),
-                            attempt,
-                            error: msg,
-                            delay,
-                        });
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(AttemptError::Retry(msg) | AttemptError::NextEndpoint(msg)) => {
-                        failures.push(format!("{}: {msg}", ep.host));
-                        break;
+                    Err(AttemptError::NextEndpoint(msg)) => last[i] = Some(msg),
+                    Err(AttemptError::Retry(msg)) => {
+                        last[i] = Some(msg);
+                        still.push(i);
                     }
                 }
             }
+            in_play = still;
+            if in_play.is_empty() || round == self.attempts {
+                break;
+            }
+            let delay = backoff(round);
+            for &i in &in_play {
+                progress.emit(Event::Retrying {
+                    what: what.to_owned(),
+                    host: self.endpoints[i].host.clone(),
+                    attempt: round,
+                    error: last[i].clone().unwrap_or_default(),
+                    delay,
+                });
+            }
+            tokio::time::sleep(delay).await;
         }
         Err(RegistryError::Failed {
             what: what.to_owned(),
             reference: self.reference.whole(),
-            failures,
+            failures: self
+                .endpoints
+                .iter()
+                .zip(last)
+                .filter_map(|(ep, msg)| msg.map(|m| format!("{}: {m}", ep.host)))
+                .collect(),
         })
     }
 

@@ -303,7 +303,7 @@ fn mirrors_first_with_fallback() {
     // A mirror that is down: the origin serves.
     let dead = free_port();
     let skiff = Skiff::new(&format!(
-        "attempts = 1\n[registries.\"{o}\"]\ninsecure = true\nmirrors = [\"127.0.0.1:{dead}\"]\n[registries.\"127.0.0.1:{dead}\"]\ninsecure = true\n",
+        "[registries.\"{o}\"]\ninsecure = true\nmirrors = [\"127.0.0.1:{dead}\"]\n[registries.\"127.0.0.1:{dead}\"]\ninsecure = true\n",
         o = origin.host()
     ));
     skiff.ok(&["pull", &name]);
@@ -314,7 +314,7 @@ fn mirrors_first_with_fallback() {
     let origin_host = origin.host();
     drop(origin);
     let skiff = Skiff::new(&format!(
-        "attempts = 1\n[registries.\"{origin_host}\"]\ninsecure = true\nmirrors = [\"{m}\"]\n[registries.\"{m}\"]\ninsecure = true\n",
+        "[registries.\"{origin_host}\"]\ninsecure = true\nmirrors = [\"{m}\"]\n[registries.\"{m}\"]\ninsecure = true\n",
         m = mirror.host()
     ));
     skiff.ok(&["pull", &name]);
