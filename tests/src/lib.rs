@@ -628,13 +628,25 @@ impl Layer {
         h
     }
 
-    /// A regular file.
-    pub fn file(mut self, path: &str, data: &[u8], mode: u32) -> Self {
-        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+    fn data(mut self, kind: tar::EntryType, mode: u32, path: &str, data: &[u8]) -> Self {
+        let mut h = Self::header(kind, mode, data.len() as u64);
         self.builder
             .append_data(&mut h, path, data)
-            .expect("tar file");
+            .expect("tar entry");
         self
+    }
+
+    fn link(mut self, kind: tar::EntryType, mode: u32, path: &str, target: &str) -> Self {
+        let mut h = Self::header(kind, mode, 0);
+        self.builder
+            .append_link(&mut h, path, target)
+            .expect("tar link");
+        self
+    }
+
+    /// A regular file.
+    pub fn file(self, path: &str, data: &[u8], mode: u32) -> Self {
+        self.data(tar::EntryType::Regular, mode, path, data)
     }
 
     /// A regular file with owner and mtime.
@@ -658,39 +670,23 @@ impl Layer {
     }
 
     /// A directory.
-    pub fn dir(mut self, path: &str, mode: u32) -> Self {
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
-        self.builder
-            .append_data(&mut h, path, &[][..])
-            .expect("tar dir");
-        self
+    pub fn dir(self, path: &str, mode: u32) -> Self {
+        self.data(tar::EntryType::Directory, mode, path, &[])
     }
 
     /// A symlink.
-    pub fn symlink(mut self, path: &str, target: &str) -> Self {
-        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
-        self.builder
-            .append_link(&mut h, path, target)
-            .expect("tar symlink");
-        self
+    pub fn symlink(self, path: &str, target: &str) -> Self {
+        self.link(tar::EntryType::Symlink, 0o777, path, target)
     }
 
     /// A hard link to an earlier entry.
-    pub fn hardlink(mut self, path: &str, target: &str) -> Self {
-        let mut h = Self::header(tar::EntryType::Link, 0o644, 0);
-        self.builder
-            .append_link(&mut h, path, target)
-            .expect("tar hardlink");
-        self
+    pub fn hardlink(self, path: &str, target: &str) -> Self {
+        self.link(tar::EntryType::Link, 0o644, path, target)
     }
 
     /// A FIFO.
-    pub fn fifo(mut self, path: &str) -> Self {
-        let mut h = Self::header(tar::EntryType::Fifo, 0o600, 0);
-        self.builder
-            .append_data(&mut h, path, &[][..])
-            .expect("tar fifo");
-        self
+    pub fn fifo(self, path: &str) -> Self {
+        self.data(tar::EntryType::Fifo, 0o600, path, &[])
     }
 
     /// A whiteout of `path` (the OCI `.wh.` form).

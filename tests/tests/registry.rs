@@ -15,6 +15,13 @@ fn insecure(reg: &Registry) -> String {
     format!("[registries.\"{}\"]\ninsecure = true\n", reg.host())
 }
 
+fn with_creds(reg: &Registry, user: &str, pass: &str) -> String {
+    format!(
+        "{}username = \"{user}\"\npassword = \"{pass}\"\n",
+        insecure(reg)
+    )
+}
+
 /// A three-layer image exercising every entry kind, bottom first; the middle layer compressed
 /// with `middle` (umoci 0.4 reads no zstd, so the interop test uses gzip there).
 fn sample_layers(middle_compression: Compression) -> Vec<(Vec<u8>, Compression)> {
@@ -214,17 +221,11 @@ fn basic_auth_from_skiff_config_and_docker_config() {
     let err = skiff.fail(&["pull", &name]);
     assert!(err.contains("uthorized"), "{err}");
 
-    skiff.set_config(&format!(
-        "{}username = \"alice\"\npassword = \"wrong\"\n",
-        insecure(&reg)
-    ));
+    skiff.set_config(&with_creds(&reg, "alice", "wrong"));
     let err = skiff.fail(&["pull", &name]);
     assert!(err.contains("uthorized"), "{err}");
 
-    skiff.set_config(&format!(
-        "{}username = \"alice\"\npassword = \"wonderland\"\n",
-        insecure(&reg)
-    ));
+    skiff.set_config(&with_creds(&reg, "alice", "wonderland"));
     skiff.ok(&["pull", &name]);
 
     // The same through a docker config.json, as `docker login` writes it.
@@ -252,17 +253,11 @@ fn bearer_token_flow() {
     push_sample(&reg, "tok/app", "v1", Some(("bob", "builder")));
     let name = format!("{}/tok/app:v1", reg.host());
 
-    let skiff = Skiff::new(&format!(
-        "{}username = \"bob\"\npassword = \"nope\"\n",
-        insecure(&reg)
-    ));
+    let skiff = Skiff::new(&with_creds(&reg, "bob", "nope"));
     let err = skiff.fail(&["pull", &name]);
     assert!(err.contains("refused the credentials"), "{err}");
 
-    skiff.set_config(&format!(
-        "{}username = \"bob\"\npassword = \"builder\"\n",
-        insecure(&reg)
-    ));
+    skiff.set_config(&with_creds(&reg, "bob", "builder"));
     skiff.ok(&["pull", &name]);
     skiff.assert_consistent();
 }
