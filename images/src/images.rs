@@ -553,6 +553,7 @@ impl Images {
                     digest: digest.clone(),
                     source: UnpackError::TooLarge {
                         limit: self.config.limits.max_image_bytes,
+                        entry: None,
                     },
                 });
             }

@@ -138,17 +138,28 @@ pub enum UnpackError {
         source: io::Error,
     },
     /// More entries than allowed.
-    #[error("layer has more than {limit} entries")]
+    #[error("layer has more than {limit} entries (entry {entry:?} is one too many)")]
     TooManyEntries {
         /// The limit.
         limit: u64,
+        /// The first entry past it.
+        entry: String,
     },
     /// More bytes than allowed.
-    #[error("image unpacks to more than {limit} bytes")]
+    #[error("image unpacks to more than {limit} bytes{}", at_entry(entry))]
     TooLarge {
         /// The limit.
         limit: u64,
+        /// The entry that crossed it, when one did (a reused snapshot has none).
+        entry: Option<String>,
     },
+}
+
+fn at_entry(entry: &Option<String>) -> String {
+    entry
+        .as_ref()
+        .map(|e| format!(" (at entry {e:?})"))
+        .unwrap_or_default()
 }
 
 /// The outcome of unpacking one layer.
@@ -229,12 +240,13 @@ pub fn unpack_tar(
         let Some(entry) = next else { break };
         let mut entry = entry.map_err(UnpackError::Read)?;
         entries += 1;
+        let raw = entry.path_bytes().into_owned();
         if entries > limits.max_layer_entries {
             return Err(UnpackError::TooManyEntries {
                 limit: limits.max_layer_entries,
+                entry: String::from_utf8_lossy(&raw).into_owned(),
             });
         }
-        let raw = entry.path_bytes().into_owned();
         u.entry(&raw, &mut entry).map_err(|e| match e {
             Failure::Entry(problem) => UnpackError::Entry {
                 path: String::from_utf8_lossy(&raw).into_owned(),
@@ -311,7 +323,7 @@ fn components(raw: &[u8], limit: usize) -> Result<Vec<&OsStr>, EntryProblem> {
     }
     // A bare "/" is the layer's root directory, as umoci writes it; anything below it
     // written absolutely is refused rather than silently re-rooted.
-    if raw.starts_with(b"/") && raw.iter().any(|b| *b != b'/' && *b != b'.') {
+    if raw.starts_with(b"/") && !raw.split(|b| *b == b'/').all(|p| p.is_empty() || p == b".") {
         return Err(EntryProblem::Absolute);
     }
     let mut out = Vec::new();
@@ -410,6 +422,7 @@ impl Unpacker<'_> {
                 if size > *self.budget {
                     return Err(Failure::Layer(UnpackError::TooLarge {
                         limit: self.image_limit,
+                        entry: Some(String::from_utf8_lossy(raw).into_owned()),
                     }));
                 }
                 let fd = rustix::fs::openat(
