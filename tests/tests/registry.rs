@@ -239,6 +239,41 @@ fn basic_auth_from_skiff_config_and_docker_config() {
     )
     .unwrap();
     other.ok(&["pull", &name]);
+
+    // And through a credential helper (how ECR and cloud registries hand out short-lived
+    // credentials): docker's protocol, server URL on stdin, JSON on stdout.
+    let helper = Skiff::new(&insecure(&reg));
+    let bin = helper.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("docker-credential-skifftest");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"wonderland\"}' \"$server\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let docker_dir = helper.dir.path().join(".docker");
+    std::fs::create_dir_all(&docker_dir).unwrap();
+    std::fs::write(
+        docker_dir.join("config.json"),
+        format!(r#"{{"credHelpers":{{"{}":"skifftest"}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = helper
+        .cmd(&["pull", &name])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn base64_encode(s: &str) -> String {
