@@ -26,7 +26,14 @@
 //! after each measured command, so that no command pays for the write-back of another: Skiff
 //! makes its content durable itself (fsync, syncfs) while skopeo and umoci leave dirty pages
 //! behind, which the "sync after" column shows. The output is a Markdown table with the medians
-//! (max for RSS), the machine and the command to rerun.
+//! (max for RSS) and the range of wall times, the machine and the command to rerun; each round's
+//! figures go to stderr.
+//!
+//! Every store, layout and bundle is kept until the last measurement and removed only then: on
+//! ext4 without a journal (as on the VM of docs/benchmarks.md), allocating an inode skips, one
+//! buffer lookup each, the free inodes deleted in the last 60 s (360 s if their inode table
+//! block is dirty again), so a tool that runs just after another tool's tree was deleted would
+//! pay for it. For the same reason, leave a few minutes between two runs of the benchmark.
 //!
 //! Needs root (Skiff's unpack chowns files, umoci unpacks as root): when not root it says why and
 //! exits 0, or 1 under `SKIFF_REQUIRE_PRIVILEGED=1`.
@@ -41,6 +48,7 @@ use skiff_tests::{
     Auth, Compression, ImageSpec, Layer, Registry, Skiff, privileged, sh, workspace_bin,
     write_layout,
 };
+use tempfile::TempDir;
 
 const RERUN: &str = "cargo build --release --workspace && cargo bench -p skiff-tests --bench pull";
 const LAYERS: usize = 5;
@@ -211,6 +219,19 @@ impl std::ops::Add for Sample {
     }
 }
 
+impl std::fmt::Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} s wall, {:.2} s CPU, {:.0} MiB, sync {:.2} s",
+            self.wall,
+            self.cpu,
+            self.rss_kib as f64 / 1024.0,
+            self.sync_after
+        )
+    }
+}
+
 fn sync() -> anyhow::Result<f64> {
     let t = Instant::now();
     sh(&mut Command::new("sync"))?;
@@ -287,21 +308,33 @@ const PEER_WARM: &str = "6 peer warm";
 const SKOPEO_WARM: &str = "7 skopeo warm";
 const UMOCI_WARM: &str = "8 umoci warm";
 
-fn round_skiff(config: &str, reference: &str, res: &mut Results) -> anyhow::Result<()> {
+/// Scratch trees, removed only after the last measurement (see the module doc).
+#[derive(Default)]
+struct Scratch {
+    skiffs: Vec<Skiff>,
+    peers: Vec<TempDir>,
+}
+
+fn round_skiff(
+    config: &str,
+    reference: &str,
+    res: &mut Results,
+    keep: &mut Scratch,
+) -> anyhow::Result<()> {
     let skiff = Skiff::new(config);
     let pull = skiff.cmd(&["pull", reference]);
     let cold = measure(&pull, skiff.dir.path())?;
     let ls = skiff.ok(&["ls"]);
     anyhow::ensure!(ls.contains(reference), "skiff lists no {reference}: {ls}");
     let warm = measure(&pull, skiff.dir.path())?;
+    eprintln!("  skiff: cold {cold}; warm {warm}");
     res.entry(SKIFF_COLD).or_default().push(cold);
     res.entry(SKIFF_WARM).or_default().push(warm);
-    drop(skiff);
-    sync()?;
+    keep.skiffs.push(skiff);
     Ok(())
 }
 
-fn round_peer(reference: &str, res: &mut Results) -> anyhow::Result<()> {
+fn round_peer(reference: &str, res: &mut Results, keep: &mut Scratch) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("skiff-bench-peer-")
         .tempdir()?;
@@ -315,6 +348,11 @@ fn round_peer(reference: &str, res: &mut Results) -> anyhow::Result<()> {
     );
     let copy2 = measure(&skopeo_copy(reference, &layout), dir.path())?;
     let unpack2 = measure(&umoci_unpack(&layout, &bundle2), dir.path())?;
+    eprintln!(
+        "  peer: cold {} (skopeo {copy}, umoci {unpack}); warm {} (skopeo {copy2}, umoci {unpack2})",
+        copy + unpack,
+        copy2 + unpack2
+    );
     for (k, v) in [
         (PEER_COLD, copy + unpack),
         (SKOPEO_COLD, copy),
@@ -325,8 +363,7 @@ fn round_peer(reference: &str, res: &mut Results) -> anyhow::Result<()> {
     ] {
         res.entry(k).or_default().push(v);
     }
-    drop(dir);
-    sync()?;
+    keep.peers.push(dir);
     Ok(())
 }
 
@@ -416,24 +453,29 @@ fn run(rounds: usize) -> anyhow::Result<()> {
 
     // 2. Rounds, alternating which tool goes first.
     let mut res = Results::new();
+    let mut keep = Scratch::default();
     sync()?;
     for r in 0..rounds {
         eprintln!("round {}/{rounds}", r + 1);
         if r % 2 == 0 {
-            round_skiff(&config, &reference, &mut res)?;
-            round_peer(&reference, &mut res)?;
+            round_skiff(&config, &reference, &mut res, &mut keep)?;
+            round_peer(&reference, &mut res, &mut keep)?;
         } else {
-            round_peer(&reference, &mut res)?;
-            round_skiff(&config, &reference, &mut res)?;
+            round_peer(&reference, &mut res, &mut keep)?;
+            round_skiff(&config, &reference, &mut res, &mut keep)?;
         }
     }
+    drop(keep);
 
     // 3. The report.
     let row = |key: &str, scenario: &str, tool: &str| {
         let v = &res[key];
+        let walls: Vec<f64> = v.iter().map(|s| s.wall).collect();
         format!(
-            "| {scenario} | {tool} | {:.2} | {:.2} | {:.0} | {:.2} |",
-            median(v.iter().map(|s| s.wall).collect()),
+            "| {scenario} | {tool} | {:.2} | {:.2}–{:.2} | {:.2} | {:.0} | {:.2} |",
+            median(walls.clone()),
+            walls.iter().copied().fold(f64::INFINITY, f64::min),
+            walls.iter().copied().fold(0.0, f64::max),
             median(v.iter().map(|s| s.cpu).collect()),
             v.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0,
             median(v.iter().map(|s| s.sync_after).collect()),
@@ -452,10 +494,14 @@ fn run(rounds: usize) -> anyhow::Result<()> {
     let out = [
         format!("Image: {image}."),
         String::new(),
-        format!("Rounds: {rounds} (medians of wall and CPU time, max of peak RSS)."),
+        format!(
+            "Rounds: {rounds} (medians of wall and CPU time, max of peak RSS; the range is the \
+             fastest and slowest round)."
+        ),
         String::new(),
-        "| scenario | tool | wall s | CPU s (user+sys) | peak RSS MiB | sync after s |".into(),
-        "|---|---|---:|---:|---:|---:|".into(),
+        "| scenario | tool | wall s | wall range s | CPU s (user+sys) | peak RSS MiB | sync after s |"
+            .into(),
+        "|---|---|---:|---:|---:|---:|---:|".into(),
         row(SKIFF_COLD, "cold", "skiff image pull"),
         row(PEER_COLD, "cold", "skopeo copy + umoci unpack"),
         row(SKOPEO_COLD, "cold", "↳ skopeo copy"),
