@@ -18,9 +18,8 @@ use crate::digest::Digest;
 use crate::local::{LocalError, LocalSource};
 use crate::platform::{self, Platform};
 use crate::progress::{Event, Progress};
-use crate::registry::{
-    RegistryError, RegistrySource, canonical_name, parse_reference, repository_name,
-};
+use crate::reference::{canonical_name, parse_reference, repository_name};
+use crate::registry::{RegistryError, RegistrySource};
 use crate::store::{
     ImageRecord, Ingest, IngestStart, LayerRecord, PrunePolicy, PruneReport, RootfsMount, Store,
     StoreError, now_secs,

@@ -22,6 +22,7 @@ mod images;
 pub mod local;
 pub mod platform;
 pub mod progress;
+pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod unpack;

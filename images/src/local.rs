@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::digest::{Digest, Hasher};
-use crate::registry::{canonical_name, parse_reference};
+use crate::reference::{canonical_name, parse_reference};
 use crate::store::{Ingest, StoreError};
 
 /// Errors reading a local image source.

@@ -443,55 +443,9 @@ fn backoff(attempt: u32) -> Duration {
     base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
-/// Parses a reference as users write it (`busybox`, `docker.io/library/busybox:1.36`,
-/// `localhost:5000/team/app@sha256:...`), with Docker Hub defaults.
-pub fn parse_reference(s: &str) -> Result<Reference, oci_spec::distribution::ParseError> {
-    s.parse()
-}
-
-/// The canonical name of a reference: `registry/repository:tag` or `...@digest`.
-pub fn canonical_name(r: &Reference) -> String {
-    match (r.tag(), r.digest()) {
-        (_, Some(d)) => format!("{}/{}@{d}", r.registry(), r.repository()),
-        (Some(t), None) => format!("{}/{}:{t}", r.registry(), r.repository()),
-        (None, None) => format!("{}/{}:latest", r.registry(), r.repository()),
-    }
-}
-
-/// `registry/repository` of a reference.
-pub fn repository_name(r: &Reference) -> String {
-    format!("{}/{}", r.registry(), r.repository())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references_as_users_write_them() {
-        let cases = [
-            ("busybox", "docker.io/library/busybox:latest"),
-            (
-                "docker.io/library/busybox:1.36",
-                "docker.io/library/busybox:1.36",
-            ),
-            ("team/app:v2", "docker.io/team/app:v2"),
-            (
-                "localhost:5000/team/app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-                "localhost:5000/team/app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            ),
-        ];
-        for (input, want) in cases {
-            assert_eq!(
-                canonical_name(&parse_reference(input).unwrap()),
-                want,
-                "{input}"
-            );
-        }
-        for bad in ["", "has space", "Busybox", "repo:tag@sha256:short"] {
-            assert!(parse_reference(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use skiff_images::digest::Digest;
 use skiff_images::platform::{self, Platform};
-use skiff_images::{compression_of, registry};
+use skiff_images::{compression_of, reference};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(manifest) = serde_json::from_slice::<ImageManifest>(data) {
@@ -48,9 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 "{text:?}"
             );
         }
-        if let Ok(r) = registry::parse_reference(text) {
-            let _ = registry::canonical_name(&r);
-            let _ = registry::repository_name(&r);
+        if let Ok(r) = reference::parse_reference(text) {
+            let _ = reference::canonical_name(&r);
+            let _ = reference::repository_name(&r);
         }
         if let Ok(d) = text.parse::<Digest>() {
             assert_eq!(d.to_string(), text);
