@@ -175,6 +175,8 @@ fn prune_keeps_recent_spares_used_and_dry_runs() {
     assert!(err.contains("in use by root filesystem busy"), "{err}");
     skiff.ok(&["unmount", "busy"]);
 
+    // Use times are kept in whole seconds: let one pass since t1 was last used.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = skiff.ok(&["prune", "--unused-for", "1ms"]);
     assert!(out.contains("unused for more than"), "{out}");
     assert_eq!(skiff.ok(&["ls"]).matches("local/app").count(), 0);
