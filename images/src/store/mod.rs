@@ -182,11 +182,6 @@ impl Store {
         Ok(store)
     }
 
-    /// The store's root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn blobs_dir(&self) -> PathBuf {
         self.root.join("content/blobs/sha256")
     }
