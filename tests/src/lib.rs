@@ -170,6 +170,21 @@ pub fn sh(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A self-signed RSA certificate (PEM) and its key, valid two days, made with openssl.
+fn self_signed(key: &Path, cert: &Path, cn: &str) -> Result<()> {
+    sh(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert))
+    .map(|_| ())
+}
+
 /// A CA and a server certificate for 127.0.0.1, made with openssl.
 pub struct Tls {
     /// The CA certificate (PEM) clients must trust.
@@ -184,22 +199,7 @@ impl Tls {
     /// Generates into `dir`.
     pub fn generate(dir: &Path) -> Result<Self> {
         let p = |n: &str| dir.join(n);
-        sh(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=skiff-test-ca",
-            ])
-            .arg("-keyout")
-            .arg(p("ca.key"))
-            .arg("-out")
-            .arg(p("ca.pem")))?;
+        self_signed(&p("ca.key"), &p("ca.pem"), "skiff-test-ca")?;
         sh(Command::new("openssl")
             .args([
                 "req",
@@ -422,22 +422,7 @@ impl TokenServer {
         let dir = tempfile::Builder::new().prefix("skiff-token-").tempdir()?;
         let key = dir.path().join("token.key");
         let cert = dir.path().join("token.pem");
-        sh(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=skiff-test-token",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert))?;
+        self_signed(&key, &cert, "skiff-test-token")?;
         let der = sh_bytes(
             Command::new("openssl")
                 .args(["x509", "-outform", "der", "-in"])

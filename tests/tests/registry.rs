@@ -93,6 +93,23 @@ fn push_sample_with(
     digest
 }
 
+/// One platform's image whose file `arch` names it; on busybox when `base`.
+fn arch_spec(arch: &str, variant: Option<&str>, base: bool) -> ImageSpec {
+    let mut layers = Vec::new();
+    if base {
+        layers.push((Layer::new().busybox().finish(), Compression::Gzip));
+    }
+    layers.push((
+        Layer::new().file("arch", arch.as_bytes(), 0o644).finish(),
+        Compression::Gzip,
+    ));
+    ImageSpec {
+        arch: arch.into(),
+        variant: variant.map(Into::into),
+        layers,
+    }
+}
+
 /// Mounts `reference`'s rootfs, hands it to `f`, and unmounts.
 fn with_rootfs(skiff: &Skiff, reference: &str, id: &str, f: impl FnOnce(&Path)) {
     let path = skiff.ok(&["mount", reference, id]);
@@ -174,14 +191,7 @@ fn pulled_image_unpacks_like_skopeo_and_umoci() {
 fn platform_is_selected_from_a_multi_arch_index() {
     let reg = Registry::start(Auth::None).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let spec = |arch: &str, variant: Option<&str>| ImageSpec {
-        arch: arch.into(),
-        variant: variant.map(Into::into),
-        layers: vec![(
-            Layer::new().file("arch", arch.as_bytes(), 0o644).finish(),
-            Compression::Gzip,
-        )],
-    };
+    let spec = |arch, variant| arch_spec(arch, variant, false);
     write_layout(
         dir.path(),
         "multi",
@@ -585,17 +595,7 @@ fn a_malicious_layer_fails_the_pull_and_leaves_nothing() {
 fn docker_schema2_manifests_and_manifest_lists() {
     let reg = Registry::start(Auth::None).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let spec = |arch: &str, variant: Option<&str>| ImageSpec {
-        arch: arch.into(),
-        variant: variant.map(Into::into),
-        layers: vec![
-            (Layer::new().busybox().finish(), Compression::Gzip),
-            (
-                Layer::new().file("arch", arch.as_bytes(), 0o644).finish(),
-                Compression::Gzip,
-            ),
-        ],
-    };
+    let spec = |arch, variant| arch_spec(arch, variant, true);
     write_layout(
         dir.path(),
         "list",
