@@ -1,0 +1,8 @@
+//! The node runtime's task model: ECS task definitions as users register them, validated, and
+//! the task lifecycle as one explicit state machine. skiffd (issue 3) builds on these; they are
+//! pure logic, unit-tested without a kernel.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod lifecycle;
+pub mod taskdef;
