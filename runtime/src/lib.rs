@@ -5,4 +5,5 @@
 #![warn(missing_docs)]
 
 pub mod lifecycle;
+pub mod spec;
 pub mod taskdef;
