@@ -5,5 +5,6 @@
 #![warn(missing_docs)]
 
 pub mod lifecycle;
+pub mod shim;
 pub mod spec;
 pub mod taskdef;

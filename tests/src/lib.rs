@@ -157,6 +157,22 @@ impl Skiff {
     }
 }
 
+impl Drop for Skiff {
+    /// A test that failed half-way may leave root filesystems mounted: unmount them, so the
+    /// scratch directory can go and the host keeps no mount of ours.
+    fn drop(&mut self) {
+        let Ok(entries) = fs::read_dir(self.root.join("rootfs")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let merged = e.path().join("merged");
+            if merged.is_dir() {
+                let _ = Command::new("umount").arg("-l").arg(&merged).output();
+            }
+        }
+    }
+}
+
 /// Runs a command, failing with its output on error.
 pub fn sh(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;

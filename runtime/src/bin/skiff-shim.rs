@@ -1,0 +1,66 @@
+//! `skiff-shim`: owns one container for its whole life (see `skiff_runtime::shim`). skiffd
+//! starts it detached; it exits with the container, after recording the exit status.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use skiff_runtime::shim::{ShimConfig, run};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff-shim",
+    version,
+    about = "Runs one container and records its exit"
+)]
+struct Args {
+    /// Container id.
+    #[arg(long)]
+    id: String,
+    /// OCI bundle directory (with config.json).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// libcontainer state root.
+    #[arg(long, default_value = "/run/skiff/containers")]
+    state_root: PathBuf,
+    /// File the exit status is written to.
+    #[arg(long)]
+    exit_file: PathBuf,
+    /// Container stdout file.
+    #[arg(long)]
+    stdout: PathBuf,
+    /// Container stderr file.
+    #[arg(long)]
+    stderr: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    let a = Args::parse();
+    let cfg = ShimConfig {
+        id: a.id,
+        bundle: a.bundle,
+        state_root: a.state_root,
+        exit_file: a.exit_file,
+        stdout: a.stdout,
+        stderr: a.stderr,
+    };
+    if let Err(e) = std::fs::create_dir_all(&cfg.state_root) {
+        eprintln!(
+            "skiff-shim: error: cannot create {}: {e}",
+            cfg.state_root.display()
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    match run(&cfg) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("skiff-shim: error: {msg}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

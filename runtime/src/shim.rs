@@ -1,0 +1,218 @@
+//! The per-container shim: the process that owns a container for its whole life, so that the
+//! container and its exit status outlive skiffd.
+//!
+//! As containerd's shims do, it is started detached from skiffd (its own session), marks itself
+//! a child subreaper, creates and starts the container with youki's libcontainer, and waits for
+//! the container's init; then it records the exit (code, or 128 + signal, as Docker reports it,
+//! and whether the kernel's OOM killer was involved is for the cgroup reader to add) in an exit
+//! file written atomically, and deletes the container (state and cgroup). skiffd, restarted
+//! after a crash, finds running containers by their shims and finished ones by their exit files.
+//!
+//! The shim is single-threaded on purpose: libcontainer clones and runs Rust code in the child,
+//! which is only sound when no other thread can hold a lock (docs/design.md, STACK.md). It waits
+//! for its own children only (the container's init is reparented to it as the nearest
+//! subreaper), never for anyone else's.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the shim.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// A file of the shim could not be opened or written.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// libcontainer refused to create or start the container.
+    #[error("container {id}: {op}: {message}")]
+    Container {
+        /// The container id.
+        id: String,
+        /// create, start, delete.
+        op: &'static str,
+        /// What libcontainer said.
+        message: String,
+    },
+    /// A system call failed.
+    #[error("container {id}: {op}: {source}")]
+    Sys {
+        /// The container id.
+        id: String,
+        /// The call.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitStatus {
+    /// Exit code; 128 + signal number when killed by a signal.
+    pub exit_code: i32,
+    /// The signal that killed it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    fn from_wait(status: WaitStatus) -> Option<Self> {
+        match status {
+            WaitStatus::Exited(_, code) => Some(Self {
+                exit_code: code,
+                signal: None,
+            }),
+            WaitStatus::Signaled(_, sig, _) => Some(Self {
+                exit_code: 128 + sig as i32,
+                signal: Some(sig as i32),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Reads an exit file written by a shim.
+    pub fn read(path: &Path) -> Result<Option<Self>, ShimError> {
+        match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| ShimError::Io {
+                    op: "parse exit file",
+                    path: path.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ShimError::Io {
+                op: "read exit file",
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+/// What the shim runs.
+#[derive(Clone, Debug)]
+pub struct ShimConfig {
+    /// Container id (unique on the node).
+    pub id: String,
+    /// OCI bundle: a directory with `config.json`.
+    pub bundle: PathBuf,
+    /// libcontainer's state root.
+    pub state_root: PathBuf,
+    /// Where the exit status goes.
+    pub exit_file: PathBuf,
+    /// The container's stdout and stderr files (appended).
+    pub stdout: PathBuf,
+    /// See `stdout`.
+    pub stderr: PathBuf,
+}
+
+fn append(path: &Path) -> Result<File, ShimError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| ShimError::Io {
+            op: "open",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Creates, starts and waits for the container; records its exit; deletes it. Returns the exit.
+pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
+    let id = cfg.id.clone();
+    let sys = |op: &'static str| {
+        let id = id.clone();
+        move |source| ShimError::Sys { id, op, source }
+    };
+    let lc = |op: &'static str| {
+        let id = id.clone();
+        move |e: libcontainer::error::LibcontainerError| ShimError::Container {
+            id,
+            op,
+            message: e.to_string(),
+        }
+    };
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("set child subreaper"))?;
+    let mut container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
+        .with_root_path(&cfg.state_root)
+        .map_err(lc("state root"))?
+        .with_stdout(append(&cfg.stdout)?)
+        .with_stderr(append(&cfg.stderr)?)
+        .validate_id()
+        .map_err(lc("id"))?
+        .as_init(&cfg.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(lc("create"))?;
+    let started = container.start().map_err(lc("start"));
+    let status = match (started, container.pid()) {
+        (Ok(()), Some(pid)) => wait_for(pid).map_err(sys("wait"))?,
+        (Err(e), _) => {
+            let _ = container.delete(true);
+            return Err(e);
+        }
+        (Ok(()), None) => {
+            let _ = container.delete(true);
+            return Err(ShimError::Container {
+                id,
+                op: "start",
+                message: "no init pid after start".into(),
+            });
+        }
+    };
+    write_exit(&cfg.exit_file, &status)?;
+    container.delete(true).map_err(lc("delete"))?;
+    Ok(status)
+}
+
+/// Waits for `pid`, reaping (as the subreaper) any orphan that exits meanwhile.
+fn wait_for(pid: Pid) -> Result<ExitStatus, nix::Error> {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(s) if s.pid() == Some(pid) => {
+                if let Some(exit) = ExitStatus::from_wait(s) {
+                    return Ok(exit);
+                }
+            }
+            Ok(_) => {} // an orphan reparented to us
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn write_exit(path: &Path, status: &ExitStatus) -> Result<(), ShimError> {
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_owned();
+        move |source| ShimError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(&serde_json::to_vec(status).expect("exit status serializes"))
+        .map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename", path))
+}

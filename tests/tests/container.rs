@@ -1,0 +1,193 @@
+//! A container from a task definition, end to end: an image from the store, a runtime spec from
+//! `skiff_runtime::spec`, and the real `skiff-shim` running it with youki's libcontainer on this
+//! kernel, its exit code and output recorded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use skiff_runtime::shim::ExitStatus;
+use skiff_runtime::spec::{ImageRunConfig, SpecInputs, build_spec};
+use skiff_runtime::taskdef::TaskDefinition;
+use skiff_tests::*;
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
+const GROUP: &str = "root:x:0:\napp:x:1000:\nstaff:x:50:app\n";
+
+struct Ran {
+    exit: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Loads a busybox image, mounts a root filesystem, runs `container` (JSON of one container
+/// definition) through skiff-shim, and cleans up every mount, cgroup and state directory.
+fn run_container(name: &str, container: &str) -> Ran {
+    let skiff = Skiff::new("");
+    let layout = skiff.dir.path().join("layout");
+    write_layout(
+        &layout,
+        "1",
+        &[ImageSpec {
+            arch: "amd64".into(),
+            variant: None,
+            layers: vec![(
+                Layer::new()
+                    .busybox()
+                    .dir("etc", 0o755)
+                    .file("etc/passwd", PASSWD.as_bytes(), 0o644)
+                    .file("etc/group", GROUP.as_bytes(), 0o644)
+                    .dir("tmp", 0o1777)
+                    .finish(),
+                Compression::Gzip,
+            )],
+        }],
+    )
+    .unwrap();
+    skiff.ok(&["load", "--name", "local/bb", layout.to_str().unwrap()]);
+    let rootfs = PathBuf::from(skiff.ok(&["mount", "local/bb:1", name]).trim());
+
+    let def = TaskDefinition::from_json(&format!(
+        r#"{{"family":"t","networkMode":"none","memory":"128","containerDefinitions":[{container}]}}"#
+    ))
+    .unwrap();
+    let image = ImageRunConfig {
+        cmd: vec!["/bin/sh".into()],
+        env: vec!["PATH=/bin".into()],
+        ..Default::default()
+    };
+    let cgroup = PathBuf::from(format!("/skiff-test/{name}"));
+    let spec = build_spec(&SpecInputs {
+        def: &def.container_definitions[0],
+        image: &image,
+        network_mode: def.network_mode(),
+        netns_path: None,
+        rootfs: rootfs.clone(),
+        cgroups_path: cgroup.clone(),
+        hostname: Some(name.to_owned()),
+        passwd: PASSWD,
+        group: GROUP,
+        env_files: &[],
+        mounts: vec![],
+        pids_limit: Some(64),
+        allow_privileged: false,
+    })
+    .unwrap();
+    let bundle = skiff.dir.path().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    spec.save(bundle.join("config.json")).unwrap();
+    let state = skiff.dir.path().join("state");
+    let (out, err, exit) = (
+        bundle.join("stdout"),
+        bundle.join("stderr"),
+        bundle.join("exit"),
+    );
+    let shim = Command::new(workspace_bin("skiff-shim"))
+        .args(["--id", name])
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--state-root")
+        .arg(&state)
+        .arg("--exit-file")
+        .arg(&exit)
+        .arg("--stdout")
+        .arg(&out)
+        .arg("--stderr")
+        .arg(&err)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    skiff.ok(&["unmount", name]);
+    assert!(
+        shim.status.success(),
+        "skiff-shim failed: {}",
+        String::from_utf8_lossy(&shim.stderr)
+    );
+    assert!(!state.join(name).exists(), "libcontainer state deleted");
+    for hierarchy in cgroup_dirs(&cgroup) {
+        assert!(
+            !hierarchy.exists(),
+            "container cgroup {} removed",
+            hierarchy.display()
+        );
+        if let Some(parent) = hierarchy.parent() {
+            let _ = std::fs::remove_dir(parent); // the test's own parent cgroup
+        }
+    }
+    Ran {
+        exit: ExitStatus::read(&exit).unwrap().expect("exit file written"),
+        stdout: std::fs::read_to_string(out).unwrap(),
+        stderr: std::fs::read_to_string(err).unwrap(),
+    }
+}
+
+/// The container's cgroup directory in every mounted hierarchy (v1 controllers, or v2).
+fn cgroup_dirs(rel: &Path) -> Vec<PathBuf> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir() && !p.is_symlink())
+                .map(|p| p.join(rel))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn exit_code_and_output_are_recorded() {
+    if !privileged("exit_code_and_output_are_recorded") {
+        return;
+    }
+    let ran = run_container(
+        "skiff-e2e-exit",
+        r#"{"name":"c","image":"local/bb:1","command":["sh","-c","echo hi; echo oops >&2; exit 7"]}"#,
+    );
+    assert_eq!(
+        ran.exit,
+        ExitStatus {
+            exit_code: 7,
+            signal: None
+        }
+    );
+    assert_eq!(ran.stdout, "hi\n");
+    assert_eq!(ran.stderr, "oops\n");
+}
+
+#[test]
+fn user_env_workdir_and_isolation_apply() {
+    if !privileged("user_env_workdir_and_isolation_apply") {
+        return;
+    }
+    let ran = run_container(
+        "skiff-e2e-user",
+        r#"{"name":"c","image":"local/bb:1","user":"app","workingDirectory":"/tmp",
+            "environment":[{"name":"GREETING","value":"hello"}],
+            "command":["sh","-c","id -u; id -G; pwd; echo $GREETING $HOME; busybox hostname; busybox grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; busybox stat -c %F /proc/keys; busybox cat /proc/timer_list | busybox wc -c; echo x > /proc/sysrq-trigger || echo ro"]}"#,
+    );
+    assert_eq!(ran.exit.exit_code, 0, "{}{}", ran.stdout, ran.stderr);
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert_eq!(
+        lines[1], "1000 50",
+        "primary and supplementary groups from /etc/group"
+    );
+    assert_eq!(lines[2], "/tmp");
+    assert_eq!(lines[3], "hello /home/app");
+    assert_eq!(lines[4], "skiff-e2e-user");
+    assert_eq!(
+        lines[5], "CapEff:\t0000000000000000",
+        "a non-root user has no effective capabilities"
+    );
+    assert_eq!(
+        lines[6], "CapBnd:\t00000000a80425fb",
+        "Docker's default bounding set"
+    );
+    assert_eq!(lines[7], "NoNewPrivs:\t1");
+    assert_eq!(
+        lines[8], "character special file",
+        "/proc/keys is masked (bind of /dev/null)"
+    );
+    assert_eq!(lines[9], "0", "/proc/timer_list reads empty");
+    assert_eq!(lines[10], "ro", "/proc/sysrq-trigger is read-only");
+}
