@@ -3,7 +3,8 @@
 # all there already (so CI and the quick start can call it every time).
 set -euo pipefail
 pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
-      curl docker-registry skopeo umoci busybox-static apache2-utils)
+      curl docker-registry skopeo umoci busybox-static apache2-utils
+      golang-github-containers-common)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

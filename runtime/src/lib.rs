@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod lifecycle;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod taskdef;

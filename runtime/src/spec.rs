@@ -6,7 +6,7 @@
 //!   rule); `command` replaces Cmd; environment is the image's, then `environment` by name;
 //!   `user` is resolved against the image's `/etc/passwd` and `/etc/group` (supplementary groups
 //!   included), `HOME` from the passwd entry;
-//! - isolation: Docker's default capability set with `linuxParameters.capabilities` add/drop
+//! - isolation: a seccomp filter (`crate::seccomp`), Docker's default capability set with `linuxParameters.capabilities` add/drop
 //!   (`ALL` understood), `noNewPrivileges`, Docker's masked and read-only `/proc` and `/sys` paths,
 //!   every namespace but the network one per container (network: host shares the node's, none and
 //!   the others get the path the caller gives or a fresh empty one);
@@ -65,6 +65,15 @@ pub enum SpecError {
         /// The container.
         container: String,
     },
+    /// The seccomp profile could not be compiled.
+    #[error("container {container}: {source}")]
+    Seccomp {
+        /// The container.
+        container: String,
+        /// Why.
+        #[source]
+        source: crate::seccomp::SeccompError,
+    },
     /// oci-spec refused a value.
     #[error("container {container}: building the runtime spec: {message}")]
     Build {
@@ -119,6 +128,9 @@ pub struct SpecInputs<'a> {
     pub pids_limit: Option<i64>,
     /// Whether this node honours `privileged`.
     pub allow_privileged: bool,
+    /// The seccomp profile (Docker's JSON format) for unprivileged containers; None runs them
+    /// unconfined, which the node must choose explicitly.
+    pub seccomp_profile: Option<&'a str>,
 }
 
 /// Docker's default capabilities.
@@ -433,6 +445,17 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     } else {
         capabilities(def)?
     };
+    let seccomp = match inputs.seccomp_profile.filter(|_| !privileged) {
+        Some(profile) => Some(
+            crate::seccomp::compile(profile, crate::seccomp::host_arch(), &caps).map_err(
+                |source| SpecError::Seccomp {
+                    container: container.clone(),
+                    source,
+                },
+            )?,
+        ),
+        None => None,
+    };
     let caps_set: std::collections::HashSet<Capability> = caps.into_iter().collect();
     let rlimits = def
         .ulimits
@@ -531,6 +554,9 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
         .resources(resources.build().map_err(build)?)
         .cgroups_path(inputs.cgroups_path.clone())
         .sysctl(sysctls);
+    if let Some(filter) = seccomp {
+        linux = linux.seccomp(filter);
+    }
     // Privileged containers see /proc and /sys unmasked, as with Docker; the builder's own
     // defaults would mask them, so both lists are always set.
     let (masked, readonly): (&[&str], &[&str]) = if privileged {

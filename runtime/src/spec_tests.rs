@@ -37,6 +37,7 @@ fn inputs<'a>(def: &'a ContainerDefinition, image: &'a ImageRunConfig) -> SpecIn
         mounts: vec![],
         pids_limit: Some(512),
         allow_privileged: false,
+        seccomp_profile: None,
     }
 }
 
