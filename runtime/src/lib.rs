@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cgroups;
 pub mod lifecycle;
 pub mod seccomp;
 pub mod shim;

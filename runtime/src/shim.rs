@@ -3,9 +3,10 @@
 //!
 //! As containerd's shims do, it is started detached from skiffd (its own session), marks itself
 //! a child subreaper, creates and starts the container with youki's libcontainer, and waits for
-//! the container's init; then it records the exit (code, or 128 + signal, as Docker reports it,
-//! and whether the kernel's OOM killer was involved is for the cgroup reader to add) in an exit
-//! file written atomically, and deletes the container (state and cgroup). skiffd, restarted
+//! the container's init; then it records the exit (code, or 128 + signal, as Docker reports it)
+//! in an exit file written atomically, with whether the kernel's OOM killer struck (read from the
+//! container's cgroup before it goes: cgroup v1 counts the kill nowhere else), and deletes the
+//! container (state and cgroup). skiffd, restarted
 //! after a crash, finds running containers by their shims and finished ones by their exit files.
 //!
 //! The shim is single-threaded on purpose: libcontainer clones and runs Rust code in the child,
@@ -69,6 +70,9 @@ pub struct ExitStatus {
     /// The signal that killed it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// Killed by the kernel's OOM killer (ECS reports `OutOfMemoryError`).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ExitStatus {
@@ -77,10 +81,12 @@ impl ExitStatus {
             WaitStatus::Exited(_, code) => Some(Self {
                 exit_code: code,
                 signal: None,
+                oom_killed: false,
             }),
             WaitStatus::Signaled(_, sig, _) => Some(Self {
                 exit_code: 128 + sig as i32,
                 signal: Some(sig as i32),
+                oom_killed: false,
             }),
             _ => None,
         }
@@ -151,6 +157,18 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
         }
     };
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("set child subreaper"))?;
+    let config = cfg.bundle.join("config.json");
+    let cgroup = oci_spec::runtime::Spec::load(&config)
+        .ok()
+        .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()));
+    let layout = crate::cgroups::Layout::detect(Path::new(crate::cgroups::CGROUP_ROOT));
+    let ooms = || {
+        cgroup
+            .as_deref()
+            .map(|c| crate::cgroups::oom_kills(&layout, c))
+            .unwrap_or(0)
+    };
+    let ooms_before = ooms();
     let mut container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
         .with_root_path(&cfg.state_root)
         .map_err(lc("state root"))?
@@ -164,7 +182,7 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
         .build()
         .map_err(lc("create"))?;
     let started = container.start().map_err(lc("start"));
-    let status = match (started, container.pid()) {
+    let mut status = match (started, container.pid()) {
         (Ok(()), Some(pid)) => wait_for(pid).map_err(sys("wait"))?,
         (Err(e), _) => {
             let _ = container.delete(true);
@@ -179,6 +197,8 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
             });
         }
     };
+    status.oom_killed =
+        status.signal == Some(nix::sys::signal::Signal::SIGKILL as i32) && ooms() > ooms_before;
     write_exit(&cfg.exit_file, &status)?;
     container.delete(true).map_err(lc("delete"))?;
     Ok(status)

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use skiff_runtime::cgroups::{CGROUP_ROOT, Layout, TaskCgroup, TaskLimits};
 use skiff_runtime::shim::ExitStatus;
 use skiff_runtime::spec::{ImageRunConfig, SpecInputs, build_spec};
 use skiff_runtime::taskdef::TaskDefinition;
@@ -22,6 +23,11 @@ struct Ran {
 /// Loads a busybox image, mounts a root filesystem, runs `container` (JSON of one container
 /// definition) through skiff-shim, and cleans up every mount, cgroup and state directory.
 fn run_container(name: &str, container: &str) -> Ran {
+    run_in_task(name, container, TaskLimits::default())
+}
+
+/// As `run_container`, inside a task cgroup with `limits`.
+fn run_in_task(name: &str, container: &str, limits: TaskLimits) -> Ran {
     let skiff = Skiff::new("");
     let layout = skiff.dir.path().join("layout");
     write_layout(
@@ -55,7 +61,8 @@ fn run_container(name: &str, container: &str) -> Ran {
         env: vec!["PATH=/bin".into()],
         ..Default::default()
     };
-    let cgroup = PathBuf::from(format!("/skiff-test/{name}"));
+    let task = TaskCgroup::create(Layout::detect(Path::new(CGROUP_ROOT)), name, limits).unwrap();
+    let cgroup = task.container_path("c");
     let profile = std::fs::read_to_string(skiff_runtime::seccomp::DEFAULT_PROFILE)
         .expect("seccomp profile (apt-get install golang-github-containers-common)");
     let spec = build_spec(&SpecInputs {
@@ -106,15 +113,16 @@ fn run_container(name: &str, container: &str) -> Ran {
         String::from_utf8_lossy(&shim.stderr)
     );
     assert!(!state.join(name).exists(), "libcontainer state deleted");
-    for hierarchy in cgroup_dirs(&cgroup) {
+    for dir in cgroup_dirs(&cgroup) {
+        assert!(!dir.exists(), "container cgroup {} removed", dir.display());
+    }
+    task.remove().unwrap();
+    for dir in cgroup_dirs(&cgroup) {
         assert!(
-            !hierarchy.exists(),
-            "container cgroup {} removed",
-            hierarchy.display()
+            !dir.parent().unwrap().exists(),
+            "task cgroup {} removed",
+            dir.display()
         );
-        if let Some(parent) = hierarchy.parent() {
-            let _ = std::fs::remove_dir(parent); // the test's own parent cgroup
-        }
     }
     Ran {
         exit: ExitStatus::read(&exit).unwrap().expect("exit file written"),
@@ -150,7 +158,8 @@ fn exit_code_and_output_are_recorded() {
         ran.exit,
         ExitStatus {
             exit_code: 7,
-            signal: None
+            signal: None,
+            oom_killed: false
         }
     );
     assert_eq!(ran.stdout, "hi\n");
@@ -214,5 +223,32 @@ fn seccomp_refuses_namespaces_and_mounts() {
         ran.stderr.contains("Operation not permitted"),
         "{}",
         ran.stderr
+    );
+}
+
+#[test]
+fn the_task_memory_limit_oom_kills() {
+    if !privileged("the_task_memory_limit_oom_kills") {
+        return;
+    }
+    // A 96 MB shell variable in a task limited to 32 MiB.
+    let ran = run_in_task(
+        "skiff-e2e-oom",
+        r#"{"name":"c","image":"local/bb:1","command":["sh","-c","x=$(busybox head -c 100000000 /dev/zero | busybox tr '\\0' a); echo survived"]}"#,
+        TaskLimits {
+            memory_bytes: Some(32 << 20),
+            cpu_units: Some(512),
+            pids: Some(64),
+        },
+    );
+    assert_ne!(ran.stdout, "survived\n");
+    assert_eq!(
+        ran.exit,
+        ExitStatus {
+            exit_code: 137,
+            signal: Some(9),
+            oom_killed: true
+        },
+        "reported as ECS does: exit 137, killed by the OOM killer"
     );
 }
