@@ -281,9 +281,11 @@ mod tests {
         fs::remove_file(web.join("memory.oom_control")).unwrap();
         // libcontainer's child dirs, and a controller it created on its own, go too.
         fs::create_dir_all(root.path().join("cpuset/skiff/task-1/web")).unwrap();
-        for f in ["memory.limit_in_bytes"] {
-            fs::remove_file(root.path().join("memory/skiff/task-1").join(f)).unwrap();
-        }
+        fs::remove_file(
+            root.path()
+                .join("memory/skiff/task-1/memory.limit_in_bytes"),
+        )
+        .unwrap();
         for f in ["cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares"] {
             fs::remove_file(root.path().join("cpu/skiff/task-1").join(f)).unwrap();
         }

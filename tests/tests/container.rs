@@ -118,11 +118,14 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits) -> Ran {
     }
     task.remove().unwrap();
     for dir in cgroup_dirs(&cgroup) {
+        let task_dir = dir.parent().unwrap();
         assert!(
-            !dir.parent().unwrap().exists(),
+            !task_dir.exists(),
             "task cgroup {} removed",
-            dir.display()
+            task_dir.display()
         );
+        // Skiff's parent cgroup too, once no other test's task is in it.
+        let _ = std::fs::remove_dir(task_dir.parent().unwrap());
     }
     Ran {
         exit: ExitStatus::read(&exit).unwrap().expect("exit file written"),
