@@ -6,6 +6,7 @@
 
 pub mod cgroups;
 pub mod lifecycle;
+pub mod logs;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;

@@ -14,15 +14,20 @@
 //! for its own children only (the container's init is reparented to it as the nearest
 //! subreaper), never for anyone else's.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use crate::logs::{LogError, LogWriter, Rotation, Stream};
 
 /// Errors of the shim.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,9 @@ pub enum ShimError {
         /// What libcontainer said.
         message: String,
     },
+    /// The log could not be written.
+    #[error(transparent)]
+    Log(#[from] LogError),
     /// A system call failed.
     #[error("container {id}: {op}: {source}")]
     Sys {
@@ -123,22 +131,10 @@ pub struct ShimConfig {
     pub state_root: PathBuf,
     /// Where the exit status goes.
     pub exit_file: PathBuf,
-    /// The container's stdout and stderr files (appended).
-    pub stdout: PathBuf,
-    /// See `stdout`.
-    pub stderr: PathBuf,
-}
-
-fn append(path: &Path) -> Result<File, ShimError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| ShimError::Io {
-            op: "open",
-            path: path.to_owned(),
-            source,
-        })
+    /// Directory of the container's json-file log.
+    pub log_dir: PathBuf,
+    /// Its rotation.
+    pub rotation: Rotation,
 }
 
 /// Creates, starts and waits for the container; records its exit; deletes it. Returns the exit.
@@ -169,11 +165,14 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
             .unwrap_or(0)
     };
     let ooms_before = ooms();
+    let mut log = LogWriter::open(&cfg.log_dir, cfg.rotation)?;
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let mut container = ContainerBuilder::new(cfg.id.clone(), SyscallType::Linux)
         .with_root_path(&cfg.state_root)
         .map_err(lc("state root"))?
-        .with_stdout(append(&cfg.stdout)?)
-        .with_stderr(append(&cfg.stderr)?)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
         .validate_id()
         .map_err(lc("id"))?
         .as_init(&cfg.bundle)
@@ -183,7 +182,13 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
         .map_err(lc("create"))?;
     let started = container.start().map_err(lc("start"));
     let mut status = match (started, container.pid()) {
-        (Ok(()), Some(pid)) => wait_for(pid).map_err(sys("wait"))?,
+        (Ok(()), Some(pid)) => {
+            // The write ends went to the container: the pipes close when its processes are gone.
+            pump(&mut log, [(out_r, Stream::Stdout), (err_r, Stream::Stderr)])
+                .map_err(sys("read output"))?;
+            log.flush()?;
+            wait_for(pid).map_err(sys("wait"))?
+        }
         (Err(e), _) => {
             let _ = container.delete(true);
             return Err(e);
@@ -202,6 +207,52 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
     write_exit(&cfg.exit_file, &status)?;
     container.delete(true).map_err(lc("delete"))?;
     Ok(status)
+}
+
+/// Copies the container's output into the log until both pipes are closed.
+fn pump(log: &mut LogWriter, pipes: [(OwnedFd, Stream); 2]) -> Result<(), nix::Error> {
+    let mut open: Vec<(File, Stream)> = pipes
+        .into_iter()
+        .map(|(fd, s)| (File::from(fd), s))
+        .collect();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !open.is_empty() {
+        let mut fds: Vec<PollFd<'_>> = open
+            .iter()
+            .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut closed = Vec::new();
+        for (i, (file, stream)) in open.iter_mut().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            match file.read(&mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(n) => {
+                    if let Err(e) = log.write(*stream, &buf[..n]) {
+                        // A full disk must not stall the container on a full pipe: drop output.
+                        eprintln!("skiff-shim: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            open.remove(i);
+        }
+    }
+    Ok(())
 }
 
 /// Waits for `pid`, reaping (as the subreaper) any orphan that exits meanwhile.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use skiff_runtime::cgroups::{CGROUP_ROOT, Layout, TaskCgroup, TaskLimits};
+use skiff_runtime::logs::{LogLine, Stream, read};
 use skiff_runtime::shim::ExitStatus;
 use skiff_runtime::spec::{ImageRunConfig, SpecInputs, build_spec};
 use skiff_runtime::taskdef::TaskDefinition;
@@ -18,6 +19,15 @@ struct Ran {
     exit: ExitStatus,
     stdout: String,
     stderr: String,
+    lines: Vec<LogLine>,
+}
+
+fn text(lines: &[LogLine], stream: Stream) -> String {
+    lines
+        .iter()
+        .filter(|l| l.stream == stream)
+        .map(|l| l.log.as_str())
+        .collect()
 }
 
 /// Loads a busybox image, mounts a root filesystem, runs `container` (JSON of one container
@@ -86,11 +96,7 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits) -> Ran {
     std::fs::create_dir_all(&bundle).unwrap();
     spec.save(bundle.join("config.json")).unwrap();
     let state = skiff.dir.path().join("state");
-    let (out, err, exit) = (
-        bundle.join("stdout"),
-        bundle.join("stderr"),
-        bundle.join("exit"),
-    );
+    let (logs, exit) = (bundle.join("logs"), bundle.join("exit"));
     let shim = Command::new(workspace_bin("skiff-shim"))
         .args(["--id", name])
         .arg("--bundle")
@@ -99,10 +105,8 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits) -> Ran {
         .arg(&state)
         .arg("--exit-file")
         .arg(&exit)
-        .arg("--stdout")
-        .arg(&out)
-        .arg("--stderr")
-        .arg(&err)
+        .arg("--log-dir")
+        .arg(&logs)
         .env("RUST_LOG", "error")
         .output()
         .unwrap();
@@ -127,10 +131,12 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits) -> Ran {
         // Skiff's parent cgroup too, once no other test's task is in it.
         let _ = std::fs::remove_dir(task_dir.parent().unwrap());
     }
+    let lines = read(&logs, None);
     Ran {
         exit: ExitStatus::read(&exit).unwrap().expect("exit file written"),
-        stdout: std::fs::read_to_string(out).unwrap(),
-        stderr: std::fs::read_to_string(err).unwrap(),
+        stdout: text(&lines, Stream::Stdout),
+        stderr: text(&lines, Stream::Stderr),
+        lines,
     }
 }
 
@@ -167,6 +173,16 @@ fn exit_code_and_output_are_recorded() {
     );
     assert_eq!(ran.stdout, "hi\n");
     assert_eq!(ran.stderr, "oops\n");
+    // json-file lines in order, each with its stream and an RFC 3339 time.
+    assert_eq!(ran.lines.len(), 2);
+    assert!(
+        ran.lines
+            .iter()
+            .all(|l| l.time.ends_with('Z') && l.time.len() == 30),
+        "{:?}",
+        ran.lines
+    );
+    assert!(ran.lines[0].time <= ran.lines[1].time);
 }
 
 #[test]

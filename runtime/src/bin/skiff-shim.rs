@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use skiff_runtime::logs::Rotation;
 use skiff_runtime::shim::{ShimConfig, run};
 
 #[derive(Parser)]
@@ -25,23 +26,34 @@ struct Args {
     /// File the exit status is written to.
     #[arg(long)]
     exit_file: PathBuf,
-    /// Container stdout file.
+    /// Directory of the container's json-file log.
     #[arg(long)]
-    stdout: PathBuf,
-    /// Container stderr file.
-    #[arg(long)]
-    stderr: PathBuf,
+    log_dir: PathBuf,
+    /// Rotate the log past this size (Docker's max-size: 10m, 512k).
+    #[arg(long, default_value = "10m")]
+    log_max_size: String,
+    /// Log files kept (Docker's max-file).
+    #[arg(long, default_value = "3")]
+    log_max_file: String,
 }
 
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
+    let Some(rotation) = Rotation::from_options(Some(&a.log_max_size), Some(&a.log_max_file))
+    else {
+        eprintln!(
+            "skiff-shim: error: invalid log rotation --log-max-size {:?} --log-max-file {:?}",
+            a.log_max_size, a.log_max_file
+        );
+        return std::process::ExitCode::FAILURE;
+    };
     let cfg = ShimConfig {
         id: a.id,
         bundle: a.bundle,
         state_root: a.state_root,
         exit_file: a.exit_file,
-        stdout: a.stdout,
-        stderr: a.stderr,
+        log_dir: a.log_dir,
+        rotation,
     };
     if let Err(e) = std::fs::create_dir_all(&cfg.state_root) {
         eprintln!(
