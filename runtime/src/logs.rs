@@ -268,10 +268,10 @@ fn drain(r: &mut BufReader<File>, f: &mut impl FnMut(LogLine) -> bool) -> (bool,
             }
             Ok(_) => {
                 progressed = true;
-                if let Ok(line) = serde_json::from_str(buf.trim_end()) {
-                    if !f(line) {
-                        return (progressed, false);
-                    }
+                if let Ok(line) = serde_json::from_str(buf.trim_end())
+                    && !f(line)
+                {
+                    return (progressed, false);
                 }
             }
         }
@@ -298,10 +298,10 @@ pub fn follow(dir: &Path, mut f: impl FnMut(LogLine) -> bool, stop: impl Fn() ->
         let now = ino();
         if now != inode {
             // Rotated: finish the old file (lines written just before the rename), then switch.
-            if let Some(r) = reader.as_mut() {
-                if !drain(r, &mut f).1 {
-                    return;
-                }
+            if let Some(r) = reader.as_mut()
+                && !drain(r, &mut f).1
+            {
+                return;
             }
             inode = now;
             reader = open();
