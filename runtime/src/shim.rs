@@ -18,11 +18,14 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -135,6 +138,9 @@ pub struct ShimConfig {
     pub log_dir: PathBuf,
     /// Its rotation.
     pub rotation: Rotation,
+    /// On SIGTERM or SIGINT to the shim, the container gets SIGTERM, and SIGKILL this long after
+    /// if it is still running (the container definition's `stopTimeout`).
+    pub stop_timeout: Duration,
 }
 
 /// Creates, starts and waits for the container; records its exit; deletes it. Returns the exit.
@@ -183,9 +189,28 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
     let started = container.start().map_err(lc("start"));
     let mut status = match (started, container.pid()) {
         (Ok(()), Some(pid)) => {
+            // Stop requests arrive as signals to the shim. Blocked only now: the container's
+            // init was forked by build() and must not inherit the mask.
+            let mut mask = SigSet::empty();
+            mask.add(Signal::SIGTERM);
+            mask.add(Signal::SIGINT);
+            mask.thread_block().map_err(sys("block signals"))?;
+            let signals =
+                SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                    .map_err(sys("signalfd"))?;
+            let stop = Stopper {
+                pid,
+                timeout: cfg.stop_timeout,
+                deadline: None,
+                signals,
+            };
             // The write ends went to the container: the pipes close when its processes are gone.
-            pump(&mut log, [(out_r, Stream::Stdout), (err_r, Stream::Stderr)])
-                .map_err(sys("read output"))?;
+            pump(
+                &mut log,
+                [(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+                stop,
+            )
+            .map_err(sys("read output"))?;
             log.flush()?;
             wait_for(pid).map_err(sys("wait"))?
         }
@@ -209,19 +234,60 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
     Ok(status)
 }
 
-/// Copies the container's output into the log until both pipes are closed.
-fn pump(log: &mut LogWriter, pipes: [(OwnedFd, Stream); 2]) -> Result<(), nix::Error> {
+/// SIGTERM to the container on a stop request, SIGKILL once the timeout has passed.
+struct Stopper {
+    pid: Pid,
+    timeout: Duration,
+    deadline: Option<Instant>,
+    signals: SignalFd,
+}
+
+impl Stopper {
+    /// A stop request arrived: ask the container to stop, once.
+    fn requested(&mut self) {
+        while let Ok(Some(_)) = self.signals.read_signal() {}
+        if self.deadline.is_none() {
+            let _ = kill(self.pid, Signal::SIGTERM);
+            self.deadline = Some(Instant::now() + self.timeout);
+        }
+    }
+
+    /// How long poll may sleep; kills the container when its time is up.
+    fn poll_timeout(&mut self) -> PollTimeout {
+        let Some(deadline) = self.deadline else {
+            return PollTimeout::NONE;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            self.deadline = Some(Instant::now() + Duration::from_secs(3600));
+            return PollTimeout::NONE;
+        }
+        let ms = i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX);
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+    }
+}
+
+/// Copies the container's output into the log until both pipes are closed, handling stop
+/// requests meanwhile.
+fn pump(
+    log: &mut LogWriter,
+    pipes: [(OwnedFd, Stream); 2],
+    mut stop: Stopper,
+) -> Result<(), nix::Error> {
     let mut open: Vec<(File, Stream)> = pipes
         .into_iter()
         .map(|(fd, s)| (File::from(fd), s))
         .collect();
     let mut buf = vec![0u8; 64 * 1024];
     while !open.is_empty() {
+        let timeout = stop.poll_timeout();
         let mut fds: Vec<PollFd<'_>> = open
             .iter()
             .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
             .collect();
-        match poll(&mut fds, PollTimeout::NONE) {
+        fds.push(PollFd::new(stop.signals.as_fd(), PollFlags::POLLIN));
+        match poll(&mut fds, timeout) {
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e),
             Ok(_) => {}
@@ -231,6 +297,9 @@ fn pump(log: &mut LogWriter, pipes: [(OwnedFd, Stream); 2]) -> Result<(), nix::E
             .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
+        if ready[open.len()] {
+            stop.requested();
+        }
         let mut closed = Vec::new();
         for (i, (file, stream)) in open.iter_mut().enumerate() {
             if !ready[i] {

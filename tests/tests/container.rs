@@ -33,11 +33,17 @@ fn text(lines: &[LogLine], stream: Stream) -> String {
 /// Loads a busybox image, mounts a root filesystem, runs `container` (JSON of one container
 /// definition) through skiff-shim, and cleans up every mount, cgroup and state directory.
 fn run_container(name: &str, container: &str) -> Ran {
-    run_in_task(name, container, TaskLimits::default())
+    run_in_task(name, container, TaskLimits::default(), None)
+}
+
+/// A stop request: SIGTERM to the shim after `after`, with `timeout` seconds before SIGKILL.
+struct StopAfter {
+    after: std::time::Duration,
+    timeout: u64,
 }
 
 /// As `run_container`, inside a task cgroup with `limits`.
-fn run_in_task(name: &str, container: &str, limits: TaskLimits) -> Ran {
+fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<StopAfter>) -> Ran {
     let skiff = Skiff::new("");
     let layout = skiff.dir.path().join("layout");
     write_layout(
@@ -97,7 +103,8 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits) -> Ran {
     spec.save(bundle.join("config.json")).unwrap();
     let state = skiff.dir.path().join("state");
     let (logs, exit) = (bundle.join("logs"), bundle.join("exit"));
-    let shim = Command::new(workspace_bin("skiff-shim"))
+    let timeout = stop.as_ref().map_or(30, |s| s.timeout).to_string();
+    let child = Command::new(workspace_bin("skiff-shim"))
         .args(["--id", name])
         .arg("--bundle")
         .arg(&bundle)
@@ -107,9 +114,16 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits) -> Ran {
         .arg(&exit)
         .arg("--log-dir")
         .arg(&logs)
-        .env("RUST_LOG", "error")
-        .output()
+        .args(["--stop-timeout", &timeout])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    if let Some(stop) = &stop {
+        std::thread::sleep(stop.after);
+        sh(Command::new("kill").args(["-TERM", &child.id().to_string()])).unwrap();
+    }
+    let shim = child.wait_with_output().unwrap();
     skiff.ok(&["unmount", name]);
     assert!(
         shim.status.success(),
@@ -259,6 +273,7 @@ fn the_task_memory_limit_oom_kills() {
             cpu_units: Some(512),
             pids: Some(64),
         },
+        None,
     );
     assert_ne!(ran.stdout, "survived\n");
     assert_eq!(
@@ -269,5 +284,46 @@ fn the_task_memory_limit_oom_kills() {
             oom_killed: true
         },
         "reported as ECS does: exit 137, killed by the OOM killer"
+    );
+}
+
+#[test]
+fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
+    if !privileged("stop_sends_sigterm_then_sigkill_after_the_timeout") {
+        return;
+    }
+    // A container that handles SIGTERM exits with its own code.
+    let ran = run_in_task(
+        "skiff-e2e-term",
+        r#"{"name":"c","image":"local/bb:1","command":["sh","-c","trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.1; done"]}"#,
+        TaskLimits::default(),
+        Some(StopAfter {
+            after: std::time::Duration::from_millis(800),
+            timeout: 5,
+        }),
+    );
+    assert_eq!(ran.exit.exit_code, 3, "{}{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.stdout, "ready\ngot TERM\n");
+
+    // One that ignores it is killed once stopTimeout has passed.
+    let ran = run_in_task(
+        "skiff-e2e-kill",
+        r#"{"name":"c","image":"local/bb:1","command":["sh","-c","trap '' TERM; echo ready; while :; do sleep 0.1; done"]}"#,
+        TaskLimits::default(),
+        Some(StopAfter {
+            after: std::time::Duration::from_millis(800),
+            timeout: 2,
+        }),
+    );
+    assert_eq!(
+        ran.exit,
+        ExitStatus {
+            exit_code: 137,
+            signal: Some(9),
+            oom_killed: false
+        },
+        "{}{}",
+        ran.stdout,
+        ran.stderr
     );
 }

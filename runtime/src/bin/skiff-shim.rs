@@ -35,6 +35,9 @@ struct Args {
     /// Log files kept (Docker's max-file).
     #[arg(long, default_value = "3")]
     log_max_file: String,
+    /// Seconds between SIGTERM and SIGKILL when asked to stop (ECS stopTimeout).
+    #[arg(long, default_value = "30")]
+    stop_timeout: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         exit_file: a.exit_file,
         log_dir: a.log_dir,
         rotation,
+        stop_timeout: std::time::Duration::from_secs(a.stop_timeout),
     };
     if let Err(e) = std::fs::create_dir_all(&cfg.state_root) {
         eprintln!(
