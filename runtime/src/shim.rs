@@ -324,6 +324,53 @@ fn pump(
     Ok(())
 }
 
+/// Runs `args` inside the running container `id` (its namespaces, cgroup, user, environment,
+/// capabilities and seccomp filter, as `docker exec` does) with this process's stdio, and
+/// returns how it ended. The caller becomes the subreaper of the exec'd process, so it is
+/// waited for here even though libcontainer's intermediate process exits.
+pub fn exec(id: &str, state_root: &Path, args: Vec<String>) -> Result<ExitStatus, ShimError> {
+    let sys = |op: &'static str| {
+        let id = id.to_owned();
+        move |source| ShimError::Sys { id, op, source }
+    };
+    let lc = |op: &'static str| {
+        let id = id.to_owned();
+        move |e: libcontainer::error::LibcontainerError| ShimError::Container {
+            id,
+            op,
+            message: e.to_string(),
+        }
+    };
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("set child subreaper"))?;
+    // As `docker exec`, run as the container's user unless told otherwise; libcontainer's
+    // tenant default would be root.
+    let container =
+        libcontainer::container::Container::load(state_root.join(id)).map_err(lc("load"))?;
+    let config = container.bundle().join("config.json");
+    let user = oci_spec::runtime::Spec::load(&config)
+        .map_err(|e| ShimError::Container {
+            id: id.to_owned(),
+            op: "read spec",
+            message: e.to_string(),
+        })?
+        .process()
+        .as_ref()
+        .map(|p| p.user().clone())
+        .unwrap_or_default();
+    let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(lc("state root"))?
+        .as_tenant()
+        .with_user(Some(user.uid()))
+        .with_group(Some(user.gid()))
+        .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
+        .with_container_args(args)
+        .with_detach(false)
+        .build()
+        .map_err(lc("exec"))?;
+    wait_for(pid).map_err(sys("wait"))
+}
+
 /// Waits for `pid`, reaping (as the subreaper) any orphan that exits meanwhile.
 fn wait_for(pid: Pid) -> Result<ExitStatus, nix::Error> {
     loop {

@@ -20,6 +20,8 @@ struct Ran {
     stdout: String,
     stderr: String,
     lines: Vec<LogLine>,
+    /// Exit code and stdout of the exec, if one ran.
+    exec: Option<(i32, String)>,
 }
 
 fn text(lines: &[LogLine], stream: Stream) -> String {
@@ -40,6 +42,8 @@ fn run_container(name: &str, container: &str) -> Ran {
 struct StopAfter {
     after: std::time::Duration,
     timeout: u64,
+    /// Run with `skiff-shim exec` inside the container just before stopping it.
+    exec: &'static [&'static str],
 }
 
 /// As `run_container`, inside a task cgroup with `limits`.
@@ -105,7 +109,7 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<Sto
     let (logs, exit) = (bundle.join("logs"), bundle.join("exit"));
     let timeout = stop.as_ref().map_or(30, |s| s.timeout).to_string();
     let child = Command::new(workspace_bin("skiff-shim"))
-        .args(["--id", name])
+        .args(["run", "--id", name])
         .arg("--bundle")
         .arg(&bundle)
         .arg("--state-root")
@@ -119,8 +123,23 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<Sto
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut exec = None;
     if let Some(stop) = &stop {
         std::thread::sleep(stop.after);
+        if !stop.exec.is_empty() {
+            let out = Command::new(workspace_bin("skiff-shim"))
+                .arg("--state-root")
+                .arg(&state)
+                .args(["exec", "--id", name, "--"])
+                .args(stop.exec)
+                .output()
+                .unwrap();
+            exec = Some((
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
         sh(Command::new("kill").args(["-TERM", &child.id().to_string()])).unwrap();
     }
     let shim = child.wait_with_output().unwrap();
@@ -151,6 +170,7 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<Sto
         stdout: text(&lines, Stream::Stdout),
         stderr: text(&lines, Stream::Stderr),
         lines,
+        exec,
     }
 }
 
@@ -300,6 +320,7 @@ fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
         Some(StopAfter {
             after: std::time::Duration::from_millis(800),
             timeout: 5,
+            exec: &[],
         }),
     );
     assert_eq!(ran.exit.exit_code, 3, "{}{}", ran.stdout, ran.stderr);
@@ -313,6 +334,7 @@ fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
         Some(StopAfter {
             after: std::time::Duration::from_millis(800),
             timeout: 2,
+            exec: &[],
         }),
     );
     assert_eq!(
@@ -325,5 +347,36 @@ fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
         "{}{}",
         ran.stdout,
         ran.stderr
+    );
+}
+
+#[test]
+fn exec_runs_inside_the_running_container() {
+    if !privileged("exec_runs_inside_the_running_container") {
+        return;
+    }
+    let ran = run_in_task(
+        "skiff-e2e-exec",
+        r#"{"name":"c","image":"local/bb:1","user":"app","environment":[{"name":"FROM_DEF","value":"yes"}],
+            "command":["sh","-c","trap 'exit 0' TERM; echo $$ > /tmp/main.pid; while :; do sleep 0.1; done"]}"#,
+        TaskLimits::default(),
+        Some(StopAfter {
+            after: std::time::Duration::from_millis(800),
+            timeout: 5,
+            exec: &[
+                "sh",
+                "-c",
+                "busybox hostname; id -u; echo $FROM_DEF; cat /tmp/main.pid; exit 5",
+            ],
+        }),
+    );
+    let (code, out) = ran.exec.expect("exec ran");
+    // Same UTS and PID namespaces, same user and environment, same filesystem; its own exit code.
+    assert_eq!(out, "skiff-e2e-exec\n1000\nyes\n1\n", "exec output");
+    assert_eq!(code, 5);
+    assert_eq!(
+        ran.exit.exit_code, 0,
+        "the container stopped on SIGTERM: {}{}",
+        ran.stdout, ran.stderr
     );
 }

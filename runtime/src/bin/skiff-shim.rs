@@ -1,11 +1,13 @@
-//! `skiff-shim`: owns one container for its whole life (see `skiff_runtime::shim`). skiffd
-//! starts it detached; it exits with the container, after recording the exit status.
+//! `skiff-shim`: owns one container for its whole life (`run`), and runs processes inside a
+//! running one (`exec`); see `skiff_runtime::shim`. skiffd starts `run` detached; it exits with
+//! the container, after recording the exit status. `exec` exits with the exec'd process's code.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use skiff_runtime::logs::Rotation;
-use skiff_runtime::shim::{ShimConfig, run};
+use skiff_runtime::shim::{ShimConfig, exec, run};
 
 #[derive(Parser)]
 #[command(
@@ -14,69 +16,100 @@ use skiff_runtime::shim::{ShimConfig, run};
     about = "Runs one container and records its exit"
 )]
 struct Args {
-    /// Container id.
-    #[arg(long)]
-    id: String,
-    /// OCI bundle directory (with config.json).
-    #[arg(long)]
-    bundle: PathBuf,
     /// libcontainer state root.
-    #[arg(long, default_value = "/run/skiff/containers")]
+    #[arg(long, global = true, default_value = "/run/skiff/containers")]
     state_root: PathBuf,
-    /// File the exit status is written to.
-    #[arg(long)]
-    exit_file: PathBuf,
-    /// Directory of the container's json-file log.
-    #[arg(long)]
-    log_dir: PathBuf,
-    /// Rotate the log past this size (Docker's max-size: 10m, 512k).
-    #[arg(long, default_value = "10m")]
-    log_max_size: String,
-    /// Log files kept (Docker's max-file).
-    #[arg(long, default_value = "3")]
-    log_max_file: String,
-    /// Seconds between SIGTERM and SIGKILL when asked to stop (ECS stopTimeout).
-    #[arg(long, default_value = "30")]
-    stop_timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create, start and wait for a container; record its exit.
+    Run {
+        /// Container id.
+        #[arg(long)]
+        id: String,
+        /// OCI bundle directory (with config.json).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// File the exit status is written to.
+        #[arg(long)]
+        exit_file: PathBuf,
+        /// Directory of the container's json-file log.
+        #[arg(long)]
+        log_dir: PathBuf,
+        /// Rotate the log past this size (Docker's max-size: 10m, 512k).
+        #[arg(long, default_value = "10m")]
+        log_max_size: String,
+        /// Log files kept (Docker's max-file).
+        #[arg(long, default_value = "3")]
+        log_max_file: String,
+        /// Seconds between SIGTERM and SIGKILL when asked to stop (ECS stopTimeout).
+        #[arg(long, default_value = "30")]
+        stop_timeout: u64,
+    },
+    /// Run a command inside a running container.
+    Exec {
+        /// Container id.
+        #[arg(long)]
+        id: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+}
+
+fn fail(e: &dyn std::error::Error) -> std::process::ExitCode {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    eprintln!("skiff-shim: error: {msg}");
+    std::process::ExitCode::from(125)
 }
 
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
-    let Some(rotation) = Rotation::from_options(Some(&a.log_max_size), Some(&a.log_max_file))
-    else {
-        eprintln!(
-            "skiff-shim: error: invalid log rotation --log-max-size {:?} --log-max-file {:?}",
-            a.log_max_size, a.log_max_file
-        );
-        return std::process::ExitCode::FAILURE;
-    };
-    let cfg = ShimConfig {
-        id: a.id,
-        bundle: a.bundle,
-        state_root: a.state_root,
-        exit_file: a.exit_file,
-        log_dir: a.log_dir,
-        rotation,
-        stop_timeout: std::time::Duration::from_secs(a.stop_timeout),
-    };
-    if let Err(e) = std::fs::create_dir_all(&cfg.state_root) {
-        eprintln!(
-            "skiff-shim: error: cannot create {}: {e}",
-            cfg.state_root.display()
-        );
-        return std::process::ExitCode::FAILURE;
-    }
-    match run(&cfg) {
-        Ok(_) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
+    match a.command {
+        Cmd::Run {
+            id,
+            bundle,
+            exit_file,
+            log_dir,
+            log_max_size,
+            log_max_file,
+            stop_timeout,
+        } => {
+            let Some(rotation) = Rotation::from_options(Some(&log_max_size), Some(&log_max_file))
+            else {
+                eprintln!(
+                    "skiff-shim: error: invalid log rotation --log-max-size {log_max_size:?} --log-max-file {log_max_file:?}"
+                );
+                return std::process::ExitCode::from(125);
+            };
+            if let Err(e) = std::fs::create_dir_all(&a.state_root) {
+                return fail(&e);
             }
-            eprintln!("skiff-shim: error: {msg}");
-            std::process::ExitCode::FAILURE
+            let cfg = ShimConfig {
+                id,
+                bundle,
+                state_root: a.state_root,
+                exit_file,
+                log_dir,
+                rotation,
+                stop_timeout: Duration::from_secs(stop_timeout),
+            };
+            match run(&cfg) {
+                Ok(_) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
         }
+        Cmd::Exec { id, args } => match exec(&id, &a.state_root, args) {
+            Ok(status) => std::process::ExitCode::from(status.exit_code.clamp(0, 255) as u8),
+            Err(e) => fail(&e),
+        },
     }
 }
