@@ -7,6 +7,7 @@
 pub mod cgroups;
 pub mod lifecycle;
 pub mod logs;
+pub mod orchestration;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
