@@ -6,6 +6,10 @@
 //!   exited with 0; HEALTHY needs its health check to have passed. A dependency that can no
 //!   longer meet its condition (exited non-zero for SUCCESS, exited or unhealthy for HEALTHY)
 //!   makes the dependent impossible to start, and the task stops with that reason.
+//! - `restartPolicy`: an exited container is restarted in place, unless the policy is off, its
+//!   exit code is ignored, the task is stopping, or it ran for less than `restartAttemptPeriod`
+//!   (default 300 s) since it last started: a container that keeps failing fast is let fail, and
+//!   an essential one then stops the task.
 //! - `healthCheck`: status UNKNOWN until a check passes (HEALTHY) or `retries` consecutive
 //!   checks fail or time out (UNHEALTHY); failures within `startPeriod` do not count, unless a
 //!   check has already passed. Defaults: interval 30 s, timeout 5 s, retries 3, startPeriod 0.
@@ -15,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::taskdef::{ContainerDefinition, DependencyCondition, HealthCheck};
+use crate::taskdef::{ContainerDefinition, DependencyCondition, HealthCheck, RestartPolicy};
 
 /// ECS's container health status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -86,6 +90,38 @@ pub fn readiness(def: &ContainerDefinition, phases: &HashMap<String, Phase>) -> 
     } else {
         Readiness::Ready
     }
+}
+
+/// What to do with a container that exited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterExit {
+    /// Start it again.
+    Restart,
+    /// Leave it exited, for this reason.
+    Stay(&'static str),
+}
+
+/// Applies `restartPolicy` to an exit after `ran_for` since the container last started.
+pub fn after_exit(
+    policy: Option<&RestartPolicy>,
+    exit_code: i32,
+    ran_for: Duration,
+    task_stopping: bool,
+) -> AfterExit {
+    let Some(p) = policy.filter(|p| p.enabled) else {
+        return AfterExit::Stay("no restart policy");
+    };
+    if task_stopping {
+        return AfterExit::Stay("the task is stopping");
+    }
+    if p.ignored_exit_codes.contains(&exit_code) {
+        return AfterExit::Stay("exit code is in ignoredExitCodes");
+    }
+    let period = Duration::from_secs(p.restart_attempt_period.map_or(300, u64::from));
+    if ran_for < period {
+        return AfterExit::Stay("ran for less than restartAttemptPeriod");
+    }
+    AfterExit::Restart
 }
 
 /// What one health check run gave.
@@ -269,6 +305,46 @@ mod tests {
         assert_eq!(
             readiness(&t.container_definitions[0], &HashMap::new()),
             Readiness::Ready
+        );
+    }
+
+    #[test]
+    fn restart_policy() {
+        let p = |enabled, codes: Vec<i32>, period| RestartPolicy {
+            enabled,
+            ignored_exit_codes: codes,
+            restart_attempt_period: period,
+        };
+        let s = Duration::from_secs;
+        let on = p(true, vec![0], Some(60));
+        assert_eq!(after_exit(Some(&on), 1, s(61), false), AfterExit::Restart);
+        assert_eq!(
+            after_exit(Some(&on), 0, s(61), false),
+            AfterExit::Stay("exit code is in ignoredExitCodes")
+        );
+        assert_eq!(
+            after_exit(Some(&on), 1, s(59), false),
+            AfterExit::Stay("ran for less than restartAttemptPeriod")
+        );
+        assert_eq!(
+            after_exit(Some(&on), 1, s(61), true),
+            AfterExit::Stay("the task is stopping")
+        );
+        assert_eq!(
+            after_exit(Some(&p(false, vec![], None)), 1, s(999), false),
+            AfterExit::Stay("no restart policy")
+        );
+        assert_eq!(
+            after_exit(None, 1, s(999), false),
+            AfterExit::Stay("no restart policy")
+        );
+        assert_eq!(
+            after_exit(Some(&p(true, vec![], None)), 1, s(299), false),
+            AfterExit::Stay("ran for less than restartAttemptPeriod")
+        );
+        assert_eq!(
+            after_exit(Some(&p(true, vec![], None)), 1, s(300), false),
+            AfterExit::Restart
         );
     }
 
