@@ -143,21 +143,34 @@ pub struct ShimConfig {
     pub stop_timeout: Duration,
 }
 
-/// Creates, starts and waits for the container; records its exit; deletes it. Returns the exit.
-pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
-    let id = cfg.id.clone();
-    let sys = |op: &'static str| {
+/// Error makers for a system call (`sys`) and a libcontainer call (`lc`) on container `id`.
+fn sys_err(id: &str) -> impl Fn(&'static str) -> Box<dyn FnOnce(nix::Error) -> ShimError> + use<> {
+    let id = id.to_owned();
+    move |op| {
         let id = id.clone();
-        move |source| ShimError::Sys { id, op, source }
-    };
-    let lc = |op: &'static str| {
+        Box::new(move |source| ShimError::Sys { id, op, source })
+    }
+}
+
+fn lc_err(
+    id: &str,
+) -> impl Fn(&'static str) -> Box<dyn FnOnce(libcontainer::error::LibcontainerError) -> ShimError> + use<>
+{
+    let id = id.to_owned();
+    move |op| {
         let id = id.clone();
-        move |e: libcontainer::error::LibcontainerError| ShimError::Container {
+        Box::new(move |e| ShimError::Container {
             id,
             op,
             message: e.to_string(),
-        }
-    };
+        })
+    }
+}
+
+/// Creates, starts and waits for the container; records its exit; deletes it. Returns the exit.
+pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
+    let id = cfg.id.clone();
+    let (sys, lc) = (sys_err(&id), lc_err(&id));
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("set child subreaper"))?;
     let config = cfg.bundle.join("config.json");
     let cgroup = oci_spec::runtime::Spec::load(&config)
@@ -329,18 +342,7 @@ fn pump(
 /// returns how it ended. The caller becomes the subreaper of the exec'd process, so it is
 /// waited for here even though libcontainer's intermediate process exits.
 pub fn exec(id: &str, state_root: &Path, args: Vec<String>) -> Result<ExitStatus, ShimError> {
-    let sys = |op: &'static str| {
-        let id = id.to_owned();
-        move |source| ShimError::Sys { id, op, source }
-    };
-    let lc = |op: &'static str| {
-        let id = id.to_owned();
-        move |e: libcontainer::error::LibcontainerError| ShimError::Container {
-            id,
-            op,
-            message: e.to_string(),
-        }
-    };
+    let (sys, lc) = (sys_err(id), lc_err(id));
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("set child subreaper"))?;
     // As `docker exec`, run as the container's user unless told otherwise; libcontainer's
     // tenant default would be root.
