@@ -246,6 +246,17 @@ fn bytes_of(path: &Path) -> Vec<u8> {
     path.as_os_str().as_encoded_bytes().to_vec()
 }
 
+/// A sandbox with one layer directory, for tests that need root (None: skipped, as `privileged`
+/// says).
+fn root_sandbox() -> Option<(Sandbox, PathBuf)> {
+    if !privileged() {
+        return None;
+    }
+    let mut sb = Sandbox::new();
+    let dest = sb.layer("layer");
+    Some((sb, dest))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The sandbox and what "untouched" means.
 
@@ -701,11 +712,9 @@ fn directory_entry_replaces_lower_symlink() {
 
 #[test]
 fn same_layer_entries_replace_symlinks_without_following_them() {
-    if !privileged() {
+    let Some((sb, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let before = sb.host();
     let victim = bytes_of(&sb.outside().join("victim"));
     let tar = Tar::new()
@@ -859,11 +868,9 @@ fn malformed_whiteouts_are_refused() {
 
 #[test]
 fn overlay_xattrs_from_the_tar_are_dropped() {
-    if !privileged() {
+    let Some((_sandbox, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let tar = Tar::new()
         .pax(&[
             ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
@@ -1075,11 +1082,9 @@ fn oversized_tar_headers_are_refused_before_they_are_read_whole() {
 
 #[test]
 fn too_many_entries_are_refused() {
-    if !privileged() {
+    let Some((mut sb, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let mut tar = Tar::new();
     for i in 0..11 {
         tar = tar.file(format!("f{i}"), b"x");
@@ -1169,11 +1174,9 @@ fn symlink_target_longer_than_the_limit_is_refused() {
 
 #[test]
 fn whiteout_becomes_a_0_0_character_device() {
-    if !privileged() {
+    let Some((_sandbox, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let tar = Tar::new()
         .file(".wh.foo", b"")
         .file("d/.wh.bar", b"")
@@ -1190,11 +1193,9 @@ fn whiteout_becomes_a_0_0_character_device() {
 
 #[test]
 fn opaque_whiteout_sets_the_overlay_xattr() {
-    if !privileged() {
+    let Some((_sandbox, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let tar = Tar::new()
         .dir("d/")
         .file("d/.wh..wh..opq", b"")
@@ -1212,11 +1213,9 @@ fn opaque_whiteout_sets_the_overlay_xattr() {
 
 #[test]
 fn hardlink_within_the_layer_shares_the_inode() {
-    if !privileged() {
+    let Some((_sandbox, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let tar = Tar::new()
         .file("bin/busybox", b"#!busybox")
         .hardlink("bin/sh", "bin/busybox")
@@ -1234,11 +1233,9 @@ fn hardlink_within_the_layer_shares_the_inode() {
 
 #[test]
 fn setuid_modes_and_owners_are_preserved() {
-    if !privileged() {
+    let Some((_sandbox, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let tar = Tar::new()
         .entry(
             &Header::new("bin/su", REGULAR)
@@ -1271,11 +1268,9 @@ fn setuid_modes_and_owners_are_preserved() {
 
 #[test]
 fn absolute_symlink_is_created_as_is() {
-    if !privileged() {
+    let Some((sb, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let before = sb.host();
     let victim = sb.outside().join("victim");
     let tar = Tar::new()
@@ -1304,11 +1299,9 @@ fn absolute_symlink_is_created_as_is() {
 
 #[test]
 fn fifo_and_character_device_are_created() {
-    if !privileged() {
+    let Some((_sandbox, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let tar = Tar::new()
         .entry(&Header::new("run/fifo", FIFO).mode(0o620), b"")
         .entry(&Header::new("dev/null", CHAR).mode(0o666).dev(1, 3), b"")
@@ -1331,11 +1324,9 @@ fn fifo_and_character_device_are_created() {
 
 #[test]
 fn mtimes_of_files_and_directories_are_preserved() {
-    if !privileged() {
+    let Some((_sandbox, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let tar = Tar::new()
         .entry(&Header::new("d/", DIRECTORY).mtime(1_000_000_000), b"")
         .entry(&Header::new("d/f", REGULAR).mtime(1_234_567_890), b"x")
@@ -1358,11 +1349,9 @@ fn mtimes_of_files_and_directories_are_preserved() {
 
 #[test]
 fn user_xattr_from_pax_is_applied() {
-    if !privileged() {
+    let Some((_sandbox, dest)) = root_sandbox() else {
         return;
-    }
-    let mut sb = Sandbox::new();
-    let dest = sb.layer("layer");
+    };
     let tar = Tar::new()
         .pax(&[("SCHILY.xattr.user.skiff", b"hello")])
         .file("f", b"x")
