@@ -101,6 +101,17 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 impl TaskCgroup {
     /// Creates (or adopts, after a restart) the cgroup of task `id` with `limits`.
     pub fn create(layout: Layout, id: &str, limits: TaskLimits) -> Result<Self, CgroupError> {
+        Self::create_in(layout, SKIFF_PARENT, id, limits)
+    }
+
+    /// As [`TaskCgroup::create`], under `parent` instead of `skiff` (one node's tasks apart
+    /// from another's: tests run several skiffd side by side).
+    pub fn create_in(
+        layout: Layout,
+        parent: &str,
+        id: &str,
+        limits: TaskLimits,
+    ) -> Result<Self, CgroupError> {
         let ok = !id.is_empty()
             && !id.starts_with('.')
             && id
@@ -111,14 +122,14 @@ impl TaskCgroup {
         }
         let cg = Self {
             layout,
-            rel: Path::new(SKIFF_PARENT).join(id),
+            rel: Path::new(parent).join(id),
         };
         match &cg.layout {
             Layout::V2 { root } => {
                 // Controllers must be enabled in every ancestor's subtree_control.
                 let enable = "+cpu +memory +pids";
                 write(&root.join("cgroup.subtree_control"), enable)?;
-                let parent = root.join(SKIFF_PARENT);
+                let parent = root.join(parent);
                 fs::create_dir_all(&parent).map_err(io("create", &parent))?;
                 write(&parent.join("cgroup.subtree_control"), enable)?;
                 let dir = root.join(&cg.rel);
@@ -163,6 +174,45 @@ impl TaskCgroup {
             }
         }
         Ok(cg)
+    }
+
+    /// Task `id`'s cgroup under `parent`, as it is (to remove it, after a restart).
+    pub fn existing(layout: Layout, parent: &str, id: &str) -> Self {
+        Self {
+            layout,
+            rel: Path::new(parent).join(id),
+        }
+    }
+
+    /// The task cgroups under `parent` in any hierarchy, by task id.
+    pub fn list(layout: &Layout, parent: &str) -> Vec<String> {
+        let parents = match layout {
+            Layout::V2 { root } => vec![root.join(parent)],
+            Layout::V1 { root } => fs::read_dir(root)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| !p.is_symlink())
+                        .map(|p| p.join(parent))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut ids: Vec<String> = parents
+            .iter()
+            .filter_map(|p| fs::read_dir(p).ok())
+            .flat_map(|rd| rd.flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Relative path of the task's cgroup (`<parent>/<id>`).
+    pub fn rel(&self) -> &Path {
+        &self.rel
     }
 
     /// The `cgroupsPath` of a container of this task (absolute, as the OCI spec wants).

@@ -1,14 +1,24 @@
-//! The node runtime's task model: ECS task definitions as users register them, validated, and
-//! the task lifecycle as one explicit state machine. skiffd (issue 3) builds on these; they are
-//! pure logic, unit-tested without a kernel.
-#![forbid(unsafe_code)]
+//! skiffd, the node runtime: ECS task definitions as users register them, validated; the task
+//! lifecycle as one explicit state machine; OCI specs, cgroups, seccomp, logs and the per-container
+//! shim; and the daemon that supervises tasks (`daemon`, `runner`, `provision`) behind a local
+//! API (`api`, `client`). The binaries (`skiffd`, `skiff`, `skiff-shim`) are thin adapters.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod cgroups;
+pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod lifecycle;
 pub mod logs;
 pub mod orchestration;
+pub mod process;
+pub mod provision;
+pub mod record;
+pub mod runner;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+mod sys;
 pub mod taskdef;

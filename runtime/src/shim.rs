@@ -168,7 +168,8 @@ fn lc_err(
 }
 
 /// Creates, starts and waits for the container; records its exit; deletes it. Returns the exit.
-pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
+/// `on_started` is called with the container's init pid once it runs (skiffd waits for it).
+pub fn run(cfg: &ShimConfig, on_started: impl FnOnce(i32)) -> Result<ExitStatus, ShimError> {
     let id = cfg.id.clone();
     let (sys, lc) = (sys_err(&id), lc_err(&id));
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("set child subreaper"))?;
@@ -202,6 +203,7 @@ pub fn run(cfg: &ShimConfig) -> Result<ExitStatus, ShimError> {
     let started = container.start().map_err(lc("start"));
     let mut status = match (started, container.pid()) {
         (Ok(()), Some(pid)) => {
+            on_started(pid.as_raw());
             // Stop requests arrive as signals to the shim. Blocked only now: the container's
             // init was forked by build() and must not inherit the mask.
             let mut mask = SigSet::empty();
@@ -371,6 +373,19 @@ pub fn exec(id: &str, state_root: &Path, args: Vec<String>) -> Result<ExitStatus
         .build()
         .map_err(lc("exec"))?;
     wait_for(pid).map_err(sys("wait"))
+}
+
+/// Kills and deletes container `id` (its processes, cgroup and state), whatever state it is
+/// in: the cleanup of a container whose shim died (SIGKILL, reboot) or never finished creating
+/// it. A container that does not exist is not an error.
+pub fn delete(id: &str, state_root: &Path) -> Result<(), ShimError> {
+    let lc = lc_err(id);
+    if !state_root.join(id).exists() {
+        return Ok(());
+    }
+    let mut container =
+        libcontainer::container::Container::load(state_root.join(id)).map_err(lc("load"))?;
+    container.delete(true).map_err(lc("delete"))
 }
 
 /// Waits for `pid`, reaping (as the subreaper) any orphan that exits meanwhile.

@@ -1,13 +1,15 @@
-//! `skiff-shim`: owns one container for its whole life (`run`), and runs processes inside a
-//! running one (`exec`); see `skiff_runtime::shim`. skiffd starts `run` detached; it exits with
-//! the container, after recording the exit status. `exec` exits with the exec'd process's code.
+//! `skiff-shim`: owns one container for its whole life (`run`), runs processes inside a running
+//! one (`exec`), and force-deletes what a dead shim left (`delete`); see `skiff_runtime::shim`.
+//! skiffd starts `run` in its own process group and reads one line from its stdout,
+//! `started <pid>`, once the container runs; the shim exits with the container, after recording
+//! the exit status. `exec` exits with the exec'd process's code.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use skiff_runtime::logs::Rotation;
-use skiff_runtime::shim::{ShimConfig, exec, run};
+use skiff_runtime::shim::{ShimConfig, delete, exec, run};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +60,12 @@ enum Cmd {
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },
+    /// Kill and delete a container (processes, cgroup, state), whatever its state.
+    Delete {
+        /// Container id.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 fn fail(e: &dyn std::error::Error) -> std::process::ExitCode {
@@ -102,13 +110,23 @@ fn main() -> std::process::ExitCode {
                 rotation,
                 stop_timeout: Duration::from_secs(stop_timeout),
             };
-            match run(&cfg) {
+            let started = |pid: i32| {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                // skiffd may be gone by now; the container runs regardless.
+                let _ = writeln!(out, "started {pid}").and_then(|()| out.flush());
+            };
+            match run(&cfg, started) {
                 Ok(_) => std::process::ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
         }
         Cmd::Exec { id, args } => match exec(&id, &a.state_root, args) {
             Ok(status) => std::process::ExitCode::from(status.exit_code.clamp(0, 255) as u8),
+            Err(e) => fail(&e),
+        },
+        Cmd::Delete { id } => match delete(&id, &a.state_root) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
     }

@@ -1,46 +1,22 @@
-//! `skiff`: the node-local command line. For now it manages images; later issues add tasks.
-//! Thin by design: it parses arguments, renders progress and results, and maps errors to one
-//! line and a non-zero exit. Everything else is in the `skiff_images` library.
+//! `skiff image ...`: the node's content store (pull, load, list, mount, prune, verify), over
+//! the `skiff_images` library.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use skiff_images::config::DEFAULT_CONFIG_PATH;
 use skiff_images::platform::Platform;
 use skiff_images::progress::{Event, Progress};
-use skiff_images::store::{DEFAULT_ROOT, ImageRecord, PrunePolicy, PruneReport};
+use skiff_images::store::{ImageRecord, PrunePolicy, PruneReport};
 use skiff_images::{Images, ImagesConfig, PullOptions, PullPolicy, Store};
 
-#[derive(Parser)]
-#[command(name = "skiff", version, about = "Skiff node command line")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(Subcommand)]
-enum Command {
-    /// Manage images in the node's content store.
-    Image {
-        /// Root of Skiff's state.
-        #[arg(long, global = true, default_value = DEFAULT_ROOT, env = "SKIFF_ROOT")]
-        root: PathBuf,
-        /// Image configuration file (registries, mirrors, limits).
-        #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "SKIFF_IMAGES_CONFIG")]
-        config: PathBuf,
-        #[command(subcommand)]
-        command: ImageCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum ImageCommand {
+pub enum ImageCommand {
     /// Pull an image from its registry.
     Pull {
         /// Platform to pull (os/arch[/variant]); default: this machine's.
@@ -103,31 +79,10 @@ enum ImageCommand {
     Verify,
 }
 
-fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("skiff: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Image {
-        root,
-        config,
-        command,
-    } = cli.command;
-    let config = ImagesConfig::load(&config)?;
-    let images = Images::new(Store::open(&root)?, config);
+/// Runs one image command on the store at `root` configured by `config`.
+pub fn run(root: &Path, config: &Path, command: ImageCommand) -> anyhow::Result<()> {
+    let config = ImagesConfig::load(config)?;
+    let images = Images::new(Store::open(root)?, config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,0 +1,65 @@
+//! `skiffd`: the Skiff node daemon. Runs tasks (see `skiff_runtime::daemon`) and serves the local
+//! API on a root-only unix socket. Stopping or killing skiffd leaves tasks running: each
+//! container belongs to its shim, and the next skiffd finds them again.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use skiff_runtime::config::{DEFAULT_CONFIG_PATH, NodeConfig};
+use skiff_runtime::daemon::Daemon;
+
+#[derive(Parser)]
+#[command(name = "skiffd", version, about = "Skiff node daemon")]
+struct Args {
+    /// Node configuration file (missing: defaults).
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH, env = "SKIFFD_CONFIG")]
+    config: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "info,libcgroups=error,libcontainer=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiffd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(&args.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let socket = cfg.socket();
+        let daemon = Daemon::start(cfg).await?;
+        let pruner = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                pruner.prune_stopped();
+            }
+        });
+        tracing::info!(socket = %socket.display(), "skiffd ready");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = skiff_runtime::api::serve(daemon, &socket) => r?,
+            _ = term.recv() => tracing::info!("SIGTERM: exiting; tasks keep running"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: exiting; tasks keep running"),
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,418 @@
+//! The node's task service: what skiffd's API (and later the control plane's channel) calls.
+//!
+//! It keeps one [`Runner`] per task and a watch of each task's record, so readers never wait for
+//! a busy task. At start it loads the task records, resumes every task that was not stopped (its
+//! runner finds running containers again through their shims) and removes what belongs to no
+//! task: containers, root filesystems and cgroups left by tasks whose record is gone or stopped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use skiff_images::{Images, ImagesConfig, Store};
+use tokio::sync::{mpsc, watch};
+
+use crate::cgroups::{CGROUP_ROOT, Layout, TaskCgroup};
+use crate::config::NodeConfig;
+use crate::lifecycle::{Stop, StopCode, TaskStatus};
+use crate::orchestration::Health;
+use crate::provision::{ContainerFiles, Host};
+use crate::record::{ContainerRecord, ContainerStatus, RecordError, Records, TaskRecord, now};
+use crate::runner::{Event, Runner};
+use crate::taskdef::{TaskDefinition, TaskDefinitionError};
+
+/// Errors of the task service.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The task definition was refused.
+    #[error("invalid task definition: {0}")]
+    InvalidTaskDefinition(#[from] TaskDefinitionError),
+    /// No task has this id (or unique id prefix).
+    #[error("no task {0}")]
+    NoSuchTask(String),
+    /// The prefix matches several tasks.
+    #[error("task id prefix {0} is ambiguous")]
+    Ambiguous(String),
+    /// The task has no such container.
+    #[error("task {task} has no container {container}")]
+    NoSuchContainer {
+        /// The task.
+        task: String,
+        /// The name asked for.
+        container: String,
+    },
+    /// The container does not run.
+    #[error("container {container} of task {task} is not running")]
+    NotRunning {
+        /// The task.
+        task: String,
+        /// The container.
+        container: String,
+    },
+    /// Only stopped tasks can be removed.
+    #[error("task {0} is not stopped")]
+    NotStopped(String),
+    /// A task record could not be read or written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The image store could not be opened.
+    #[error("image store: {0}")]
+    Images(String),
+    /// The seccomp profile could not be read.
+    #[error("reading seccomp profile {path}: {source}")]
+    Seccomp {
+        /// The profile.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct TaskHandle {
+    state: watch::Receiver<TaskRecord>,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+/// Where `skiff exec` runs a command.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecTarget {
+    /// libcontainer's state root.
+    pub state_root: PathBuf,
+    /// The container's runtime id.
+    pub runtime_id: String,
+    /// The shim binary.
+    pub shim: PathBuf,
+}
+
+/// The node's task service.
+#[derive(Clone)]
+pub struct Daemon {
+    host: Arc<Host>,
+    records: Records,
+    cfg: Arc<NodeConfig>,
+    tasks: Arc<Mutex<HashMap<String, TaskHandle>>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("root", &self.cfg.root)
+            .finish()
+    }
+}
+
+/// A fresh task id: 32 hex digits, as ECS's.
+fn new_task_id() -> String {
+    let mut bytes = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_ok();
+    assert!(ok, "reading /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_task_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Daemon {
+    /// Opens the node's state under `cfg`, resumes its tasks and cleans what belongs to none.
+    pub async fn start(cfg: NodeConfig) -> Result<Self, DaemonError> {
+        let images_cfg = ImagesConfig::load(&cfg.images_config)
+            .map_err(|e| DaemonError::Images(e.to_string()))?;
+        let store = Store::open(&cfg.root).map_err(|e| DaemonError::Images(e.to_string()))?;
+        let seccomp_profile = std::fs::read_to_string(&cfg.seccomp_profile).map_err(|source| {
+            DaemonError::Seccomp {
+                path: cfg.seccomp_profile.clone(),
+                source,
+            }
+        })?;
+        let shim = cfg.shim.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("skiff-shim")))
+                .unwrap_or_else(|| PathBuf::from("skiff-shim"))
+        });
+        let host = Arc::new(Host {
+            images: Images::new(store, images_cfg),
+            layout: Layout::detect(std::path::Path::new(CGROUP_ROOT)),
+            cgroup_parent: cfg.cgroup_parent.clone(),
+            pull_policy: cfg.image_pull_behavior,
+            seccomp_profile,
+            allow_privileged: cfg.allow_privileged,
+            shim,
+            state_root: cfg.containers_state(),
+        });
+        let records = Records::open(&cfg.tasks_dir())?;
+        let daemon = Self {
+            host,
+            records,
+            cfg: Arc::new(cfg),
+            tasks: Arc::default(),
+        };
+        let (recs, strays) = daemon.records.load_all()?;
+        for dir in strays {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        daemon.clean_orphans(&recs).await;
+        for rec in recs {
+            daemon.spawn(rec, true);
+        }
+        daemon.prune_stopped();
+        Ok(daemon)
+    }
+
+    /// The node configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Removes containers, root filesystems and cgroups of tasks that are gone or stopped.
+    async fn clean_orphans(&self, recs: &[TaskRecord]) {
+        let live: HashMap<&str, &TaskRecord> = recs
+            .iter()
+            .filter(|r| !matches!(r.status, TaskStatus::Stopped(_)))
+            .map(|r| (r.task_id.as_str(), r))
+            .collect();
+        let owner_is_live = |id: &str| {
+            id.split_once('-')
+                .is_some_and(|(task, _)| live.contains_key(task))
+        };
+        // Containers: libcontainer state of a task-owned id.
+        if let Ok(rd) = std::fs::read_dir(&self.host.state_root) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let ours = id.split_once('-').is_some_and(|(t, _)| is_task_id(t));
+                if ours && !owner_is_live(&id) {
+                    tracing::info!(container = %id, "removing a container of no live task");
+                    crate::provision::delete_container(&self.host, &id).await;
+                }
+            }
+        }
+        // Root filesystems made for task containers.
+        let store = self.host.images.store().clone();
+        let leases = store.list_rootfs().unwrap_or_default();
+        for lease in leases {
+            let ours = lease.id.split_once('-').is_some_and(|(t, _)| is_task_id(t));
+            if ours && !owner_is_live(&lease.id) {
+                tracing::info!(rootfs = %lease.id, "removing a root filesystem of no live task");
+                if let Err(e) = store.remove_rootfs(&lease.id) {
+                    tracing::warn!(rootfs = %lease.id, error = %e, "removing root filesystem");
+                }
+            }
+        }
+        // Task cgroups.
+        for id in TaskCgroup::list(&self.host.layout, &self.host.cgroup_parent) {
+            if is_task_id(&id) && !live.contains_key(id.as_str()) {
+                let cg = TaskCgroup::existing(self.host.layout.clone(), &self.host.cgroup_parent, &id);
+                if let Err(e) = cg.remove() {
+                    tracing::warn!(task = %id, error = %e, "removing cgroup of no live task");
+                }
+            }
+        }
+    }
+
+    fn spawn(&self, rec: TaskRecord, recovered: bool) {
+        let (publish, state) = watch::channel(rec.clone());
+        let (tx, events) = mpsc::unbounded_channel();
+        let id = rec.task_id.clone();
+        let runner = Runner::new(
+            self.host.clone(),
+            self.records.clone(),
+            rec,
+            publish,
+            tx.clone(),
+            events,
+        );
+        self.tasks
+            .lock()
+            .expect("task table")
+            .insert(id, TaskHandle { state, tx });
+        tokio::spawn(runner.run(recovered));
+    }
+
+    /// Starts a task from the JSON of a task definition (as `register-task-definition` takes
+    /// it). Returns its record in PROVISIONING; the task proceeds in the background.
+    pub fn run_task(&self, definition: &str) -> Result<TaskRecord, DaemonError> {
+        let def = TaskDefinition::from_json(definition)?;
+        let task_id = new_task_id();
+        let containers = def
+            .container_definitions
+            .iter()
+            .map(|c| ContainerRecord {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                image_digest: None,
+                runtime_id: format!("{task_id}-{}", c.name),
+                last_status: ContainerStatus::Pending,
+                exit_code: None,
+                reason: None,
+                health_status: Health::Unknown,
+                shim: None,
+                pid: None,
+                started_at: None,
+                restart_count: 0,
+            })
+            .collect();
+        let rec = TaskRecord {
+            task_id,
+            task_definition: def,
+            status: TaskStatus::Provisioning,
+            desired_status: "RUNNING".into(),
+            containers,
+            health_status: Health::Unknown,
+            cgroup: None,
+            created_at: now(),
+            started_at: None,
+            stopping_at: None,
+            stopped_at: None,
+        };
+        self.records.save(&rec)?;
+        self.spawn(rec.clone(), false);
+        Ok(rec)
+    }
+
+    /// Resolves a task id or unique prefix.
+    fn resolve(&self, id: &str) -> Result<String, DaemonError> {
+        let tasks = self.tasks.lock().expect("task table");
+        if tasks.contains_key(id) {
+            return Ok(id.to_owned());
+        }
+        let mut matches = tasks.keys().filter(|k| !id.is_empty() && k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some(k), None) => Ok(k.clone()),
+            (Some(_), Some(_)) => Err(DaemonError::Ambiguous(id.to_owned())),
+            (None, _) => Err(DaemonError::NoSuchTask(id.to_owned())),
+        }
+    }
+
+    fn with_handle<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&TaskHandle) -> T,
+    ) -> Result<T, DaemonError> {
+        let id = self.resolve(id)?;
+        let tasks = self.tasks.lock().expect("task table");
+        let h = tasks.get(&id).ok_or_else(|| DaemonError::NoSuchTask(id.clone()))?;
+        Ok(f(h))
+    }
+
+    /// A task's record.
+    pub fn describe(&self, id: &str) -> Result<TaskRecord, DaemonError> {
+        self.with_handle(id, |h| h.state.borrow().clone())
+    }
+
+    /// Every task's record, oldest first.
+    pub fn list(&self) -> Vec<TaskRecord> {
+        let mut all: Vec<TaskRecord> = self
+            .tasks
+            .lock()
+            .expect("task table")
+            .values()
+            .map(|h| h.state.borrow().clone())
+            .collect();
+        all.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        all
+    }
+
+    /// Waits until `done` holds for task `id`'s record, and returns it.
+    pub async fn wait(
+        &self,
+        id: &str,
+        done: impl Fn(&TaskRecord) -> bool,
+    ) -> Result<TaskRecord, DaemonError> {
+        let mut state = self.with_handle(id, |h| h.state.clone())?;
+        let rec = state
+            .wait_for(|r| done(r) || matches!(r.status, TaskStatus::Stopped(_)))
+            .await
+            .map(|r| r.clone());
+        match rec {
+            Ok(r) => Ok(r),
+            // The runner is gone: the last record is final.
+            Err(_) => Ok(state.borrow().clone()),
+        }
+    }
+
+    /// Asks task `id` to stop (`UserInitiated` unless `code` says otherwise).
+    pub fn stop(&self, id: &str, code: StopCode, reason: &str) -> Result<TaskRecord, DaemonError> {
+        self.with_handle(id, |h| {
+            let _ = h.tx.send(Event::Stop(Stop {
+                stop_code: code,
+                stopped_reason: reason.to_owned(),
+            }));
+            h.state.borrow().clone()
+        })
+    }
+
+    /// Forgets a stopped task: its record, logs and directory.
+    pub fn remove(&self, id: &str) -> Result<(), DaemonError> {
+        let id = self.resolve(id)?;
+        let rec = self.describe(&id)?;
+        if !matches!(rec.status, TaskStatus::Stopped(_)) {
+            return Err(DaemonError::NotStopped(id));
+        }
+        self.tasks.lock().expect("task table").remove(&id);
+        self.records.remove(&id)?;
+        Ok(())
+    }
+
+    /// Removes stopped tasks older than the retention.
+    pub fn prune_stopped(&self) {
+        let horizon = now() - self.cfg.stopped_task_retention.as_secs_f64();
+        for rec in self.list() {
+            if matches!(rec.status, TaskStatus::Stopped(_))
+                && rec.stopped_at.is_some_and(|t| t < horizon)
+            {
+                let _ = self.remove(&rec.task_id);
+            }
+        }
+    }
+
+    fn container(
+        &self,
+        id: &str,
+        container: Option<&str>,
+    ) -> Result<(TaskRecord, ContainerRecord), DaemonError> {
+        let rec = self.describe(id)?;
+        let c = match container {
+            Some(name) => rec.container(name).cloned(),
+            None => rec.containers.first().cloned(),
+        };
+        let c = c.ok_or_else(|| DaemonError::NoSuchContainer {
+            task: rec.task_id.clone(),
+            container: container.unwrap_or_default().to_owned(),
+        })?;
+        Ok((rec, c))
+    }
+
+    /// The log directory of a container (the first one when `container` is None), and whether
+    /// it still runs.
+    pub fn log_dir(
+        &self,
+        id: &str,
+        container: Option<&str>,
+    ) -> Result<(PathBuf, watch::Receiver<TaskRecord>, String), DaemonError> {
+        let (rec, c) = self.container(id, container)?;
+        let dir = ContainerFiles::new(&self.records.task_dir(&rec.task_id), &c.name).logs();
+        let state = self.with_handle(&rec.task_id, |h| h.state.clone())?;
+        Ok((dir, state, c.name))
+    }
+
+    /// Where to exec in a running container.
+    pub fn exec_target(&self, id: &str, container: &str) -> Result<ExecTarget, DaemonError> {
+        let (rec, c) = self.container(id, Some(container))?;
+        if c.last_status != ContainerStatus::Running {
+            return Err(DaemonError::NotRunning {
+                task: rec.task_id,
+                container: c.name,
+            });
+        }
+        Ok(ExecTarget {
+            state_root: self.host.state_root.clone(),
+            runtime_id: c.runtime_id,
+            shim: self.host.shim.clone(),
+        })
+    }
+}

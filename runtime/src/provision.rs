@@ -1,0 +1,396 @@
+//! Making a task's resources and releasing them: images, the task cgroup, root filesystems and
+//! OCI bundles on the way in; containers, root filesystems, cgroups and scratch volumes on the
+//! way out. And starting a container's shim.
+//!
+//! Release is one idempotent function that tolerates anything missing, used both after a normal
+//! stop and after a start that failed half-way (or a skiffd that died half-way): whatever was
+//! made is found from the task's id alone and removed, so a failed start leaves nothing behind.
+//!
+//! skiffd is multi-threaded, so it never calls libcontainer itself (STACK.md: its clone runs Rust
+//! code in the child); containers are created by `skiff-shim run` and force-deleted by
+//! `skiff-shim delete`, single-threaded processes.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use skiff_images::{Images, PullOptions, PullPolicy};
+use tokio::io::AsyncBufReadExt;
+
+use crate::cgroups::{CgroupError, Layout, TaskCgroup, TaskLimits};
+use crate::logs::Rotation;
+use crate::record::{ShimRef, TaskRecord};
+use crate::spec::{ImageRunConfig, SpecError, SpecInputs, build_spec};
+use crate::taskdef::ContainerDefinition;
+
+/// Why provisioning or a container start failed; the text becomes the task's or container's
+/// `stoppedReason`, so it names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// An image could not be pulled or mounted.
+    #[error("CannotPullContainerError: {image}: {source}")]
+    Image {
+        /// The image reference.
+        image: String,
+        /// Why.
+        #[source]
+        source: Box<skiff_images::ImageError>,
+    },
+    /// The task cgroup could not be made.
+    #[error("ResourceInitializationError: task cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    /// A container's spec could not be built.
+    #[error("CannotCreateContainerError: {0}")]
+    Spec(#[from] SpecError),
+    /// A file of the task could not be prepared.
+    #[error("ResourceInitializationError: {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The shim could not start the container.
+    #[error("CannotStartContainerError: container {container}: {message}")]
+    Start {
+        /// The container.
+        container: String,
+        /// What the shim said.
+        message: String,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + use<> {
+    let path = path.to_owned();
+    move |source| ProvisionError::Io { op, path, source }
+}
+
+/// What provisioning and starting need from the node.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The image service.
+    pub images: Images,
+    /// The cgroup layout.
+    pub layout: Layout,
+    /// Parent of task cgroups.
+    pub cgroup_parent: String,
+    /// Pull behaviour.
+    pub pull_policy: PullPolicy,
+    /// Docker's seccomp profile text.
+    pub seccomp_profile: String,
+    /// Whether `privileged` is honoured.
+    pub allow_privileged: bool,
+    /// The shim binary.
+    pub shim: PathBuf,
+    /// libcontainer's state root.
+    pub state_root: PathBuf,
+}
+
+/// Where a container's files live in its task's directory.
+#[derive(Clone, Debug)]
+pub struct ContainerFiles {
+    /// The OCI bundle (its `config.json`), and the parent of the rest.
+    pub bundle: PathBuf,
+}
+
+impl ContainerFiles {
+    /// The files of container `name` of the task whose directory is `task_dir`.
+    pub fn new(task_dir: &Path, name: &str) -> Self {
+        Self {
+            bundle: task_dir.join("containers").join(name),
+        }
+    }
+    /// The json-file log directory.
+    pub fn logs(&self) -> PathBuf {
+        self.bundle.join("logs")
+    }
+    /// Where the shim records the exit.
+    pub fn exit_file(&self) -> PathBuf {
+        self.bundle.join("exit.json")
+    }
+    /// The shim's own diagnostics.
+    pub fn shim_log(&self) -> PathBuf {
+        self.bundle.join("shim.log")
+    }
+}
+
+/// The task cgroup's limits from the task-level `cpu` and `memory`.
+fn limits(rec: &TaskRecord) -> TaskLimits {
+    let res = rec.task_definition.resources();
+    TaskLimits {
+        memory_bytes: res.memory.map(|m| u64::from(m) << 20),
+        cpu_units: res.cpu,
+        pids: None,
+    }
+}
+
+/// Pulls images, makes the task cgroup, mounts root filesystems and writes bundles. On error,
+/// the caller runs [`release`].
+pub async fn provision(
+    host: &Host,
+    rec: &mut TaskRecord,
+    task_dir: &Path,
+) -> Result<(), ProvisionError> {
+    let opts = PullOptions {
+        policy: host.pull_policy,
+        ..Default::default()
+    };
+    let mut pulled: HashMap<String, skiff_images::store::ImageRecord> = HashMap::new();
+    for c in &mut rec.containers {
+        if !pulled.contains_key(&c.image) {
+            let image = host
+                .images
+                .pull(&c.image, &opts)
+                .await
+                .map_err(|source| ProvisionError::Image {
+                    image: c.image.clone(),
+                    source: Box::new(source),
+                })?;
+            pulled.insert(c.image.clone(), image);
+        }
+        c.image_digest = Some(pulled[&c.image].manifest_digest.to_string());
+    }
+    let cgroup = TaskCgroup::create_in(
+        host.layout.clone(),
+        &host.cgroup_parent,
+        &rec.task_id,
+        limits(rec),
+    )?;
+    rec.cgroup = Some(cgroup.rel().display().to_string());
+    let def = rec.task_definition.clone();
+    for c in &def.container_definitions {
+        let runtime_id = rec
+            .container(&c.name)
+            .map(|r| r.runtime_id.clone())
+            .expect("a record per container");
+        let image = pulled[&c.image].clone();
+        let files = ContainerFiles::new(task_dir, &c.name);
+        let (images, id) = (host.images.clone(), runtime_id.clone());
+        let (rootfs, config) = tokio::task::spawn_blocking(move || {
+            let config = images.config_of(&image)?;
+            Ok::<_, skiff_images::ImageError>((images.store().create_rootfs(&id, &image)?, config))
+        })
+        .await
+        .expect("rootfs task")
+        .map_err(|source| ProvisionError::Image {
+            image: c.image.clone(),
+            source: Box::new(source),
+        })?;
+        let passwd = read_in_root(&rootfs.path, "etc/passwd");
+        let group = read_in_root(&rootfs.path, "etc/group");
+        let env_files = env_files(c)?;
+        let spec = build_spec(&SpecInputs {
+            def: c,
+            image: &run_config(&config),
+            network_mode: def.network_mode(),
+            netns_path: None,
+            rootfs: rootfs.path.clone(),
+            cgroups_path: cgroup.container_path(&c.name),
+            hostname: c.hostname.clone(),
+            passwd: &passwd,
+            group: &group,
+            env_files: &env_files,
+            mounts: vec![],
+            pids_limit: None,
+            allow_privileged: host.allow_privileged,
+            seccomp_profile: Some(&host.seccomp_profile),
+        })?;
+        std::fs::create_dir_all(&files.bundle).map_err(io("create", &files.bundle))?;
+        let config_json = files.bundle.join("config.json");
+        spec.save(&config_json)
+            .map_err(|e| ProvisionError::Io {
+                op: "write",
+                path: config_json.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+    }
+    Ok(())
+}
+
+/// The image config's `config` section as the spec builder wants it.
+fn run_config(config: &serde_json::Value) -> ImageRunConfig {
+    let c = &config["config"];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let opt = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+    ImageRunConfig {
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        env: strings(&c["Env"]),
+        working_dir: opt(&c["WorkingDir"]),
+        user: opt(&c["User"]),
+    }
+}
+
+/// Reads `rel` inside a container root filesystem, resolving symlinks within it (an image's
+/// `/etc/passwd -> /host/secret` must not read the host's file). Missing is empty.
+fn read_in_root(root: &Path, rel: &str) -> String {
+    let read = || -> std::io::Result<String> {
+        let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rustix::fs::openat2(
+            dir.as_fd(),
+            rel,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?;
+        std::io::read_to_string(std::fs::File::from(fd))
+    };
+    read().unwrap_or_default()
+}
+
+/// `environmentFiles`, read from the node.
+fn env_files(c: &ContainerDefinition) -> Result<Vec<(String, String)>, ProvisionError> {
+    let mut vars = Vec::new();
+    for f in &c.environment_files {
+        // `type` can only be `file` (validated): S3 is ECS's and not reachable from a node.
+        let path = Path::new(f.value.strip_prefix("file://").unwrap_or(&f.value));
+        let text = std::fs::read_to_string(path).map_err(io("read environment file", path))?;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once('=') {
+                vars.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// The container's log rotation from its `logConfiguration` (`json-file` is the one driver, so
+/// only its options matter), else defaults.
+fn rotation(c: &ContainerDefinition) -> Rotation {
+    c.log_configuration
+        .as_ref()
+        .and_then(|l| {
+            Rotation::from_options(
+                l.options.get("max-size").map(String::as_str),
+                l.options.get("max-file").map(String::as_str),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Starts container `c` (runtime id `runtime_id`) through a new shim and waits until its
+/// process runs. Returns the shim and the container's init pid.
+pub async fn start(
+    host: &Host,
+    c: &ContainerDefinition,
+    runtime_id: &str,
+    files: &ContainerFiles,
+) -> Result<(ShimRef, i32), ProvisionError> {
+    let fail = |message: String| ProvisionError::Start {
+        container: c.name.clone(),
+        message,
+    };
+    match std::fs::remove_file(files.exit_file()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("remove", &files.exit_file())(e));
+        }
+        _ => {}
+    }
+    let shim_log = std::fs::File::create(files.shim_log()).map_err(io("create", &files.shim_log()))?;
+    let rot = rotation(c);
+    let mut child = tokio::process::Command::new(&host.shim)
+        .arg("--state-root")
+        .arg(&host.state_root)
+        .args(["run", "--id", runtime_id])
+        .arg("--bundle")
+        .arg(&files.bundle)
+        .arg("--exit-file")
+        .arg(files.exit_file())
+        .arg("--log-dir")
+        .arg(files.logs())
+        .arg("--log-max-size")
+        .arg(rot.max_size.to_string())
+        .arg("--log-max-file")
+        .arg(rot.max_files.to_string())
+        .arg("--stop-timeout")
+        .arg(c.stop_timeout.unwrap_or(30).to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(shim_log)
+        // Its own process group: a Ctrl-C meant for a foreground skiffd must not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| fail(format!("spawning {}: {e}", host.shim.display())))?;
+    let shim_pid = child.id().map(|p| p as i32);
+    let mut line = String::new();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let _ = out.read_line(&mut line).await;
+    let started = line
+        .trim()
+        .strip_prefix("started ")
+        .and_then(|p| p.parse::<i32>().ok());
+    let Some((pid, shim_pid)) = started.zip(shim_pid) else {
+        let _ = child.wait().await;
+        let log = std::fs::read_to_string(files.shim_log()).unwrap_or_default();
+        let msg = log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("skiff-shim exited without starting the container");
+        return Err(fail(msg.trim_start_matches("skiff-shim: error: ").to_owned()));
+    };
+    let start_time = crate::process::start_time(shim_pid).unwrap_or(0);
+    // Reap the shim when it exits while this skiffd lives; it is watched through a pidfd.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok((
+        ShimRef {
+            pid: shim_pid,
+            start_time,
+        },
+        pid,
+    ))
+}
+
+/// Force-deletes container `runtime_id` (processes, libcontainer state and cgroup) if it exists.
+pub async fn delete_container(host: &Host, runtime_id: &str) {
+    if !host.state_root.join(runtime_id).exists() {
+        return;
+    }
+    let out = tokio::process::Command::new(&host.shim)
+        .arg("--state-root")
+        .arg(&host.state_root)
+        .args(["delete", "--id", runtime_id])
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => tracing::warn!(container = runtime_id, error = %String::from_utf8_lossy(&o.stderr).trim(), "deleting container"),
+        Err(e) => tracing::warn!(container = runtime_id, error = %e, "running skiff-shim delete"),
+    }
+}
+
+/// Releases everything the task holds on the node but its record and logs: containers still
+/// there, root filesystems, the task cgroup. Idempotent; errors are logged and the rest goes on.
+pub async fn release(host: &Host, rec: &TaskRecord) {
+    for c in &rec.containers {
+        delete_container(host, &c.runtime_id).await;
+        let (images, id) = (host.images.clone(), c.runtime_id.clone());
+        let removed = tokio::task::spawn_blocking(move || images.store().remove_rootfs(&id))
+            .await
+            .expect("rootfs task");
+        if let Err(e) = removed
+            && !matches!(e, skiff_images::store::StoreError::RootfsNotFound { .. })
+        {
+            tracing::warn!(container = %c.runtime_id, error = %e, "removing root filesystem");
+        }
+    }
+    let cg = TaskCgroup::existing(host.layout.clone(), &host.cgroup_parent, &rec.task_id);
+    if let Err(e) = cg.remove() {
+        tracing::warn!(task = %rec.task_id, error = %e, "removing task cgroup");
+    }
+}
