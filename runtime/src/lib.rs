@@ -12,3 +12,4 @@ pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod taskdef;
+pub mod volumes;
