@@ -271,7 +271,7 @@ fn a_device_is_usable_at_its_container_path() {
     assert_eq!(lines[..2], ["character special file 1:5", "5"]);
     // On a cgroup v1 devices hierarchy the list is visible: the deny-all rule replaced the
     // inherited `a *:* rwm`.
-    if lines.len() > 2 {
+    if Path::new(CGROUP_ROOT).join("devices").is_dir() {
         assert!(!lines[2..].contains(&"a *:* rwm"), "{lines:?}");
         assert!(lines[2..].contains(&"c 1:5 rwm"), "{lines:?}");
     }
