@@ -3,7 +3,7 @@
 # all there already (so CI and the quick start can call it every time).
 set -euo pipefail
 pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
-      curl docker-registry skopeo umoci busybox-static apache2-utils
+      curl docker-registry skopeo umoci busybox-static apache2-utils tini
       golang-github-containers-common)
 missing=()
 for p in "${pkgs[@]}"; do

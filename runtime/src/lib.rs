@@ -22,3 +22,4 @@ pub mod shim;
 pub mod spec;
 mod sys;
 pub mod taskdef;
+pub mod volumes;

@@ -13,22 +13,44 @@
 //! - `privileged: true` is only honoured when the node allows it, and then grants every
 //!   capability and drops the masks, as Docker does;
 //! - resources: memory (hard) and memoryReservation (soft) in bytes, cpu units as shares (min 2),
-//!   a pids limit; ulimits as rlimits, `systemControls` as sysctls, tmpfs and `/dev/shm` sizes.
+//!   a pids limit; ulimits as rlimits, `systemControls` as sysctls, tmpfs and `/dev/shm` sizes;
+//! - devices: Docker's device cgroup policy, deny everything (allow, when privileged) and then
+//!   allow the standard nodes
+//!   (libcgroups adds `/dev/null`, `/dev/zero`, ..., ptys and `mknod` of any) and each
+//!   `linuxParameters.devices` entry with its permissions (default `rwm`), created in the
+//!   container with the host node's type, numbers, mode and owner. Without the deny rule a
+//!   cgroup v1 container could open every device of the node it can `mknod`;
+//! - `initProcessEnabled`: Docker's `--init`. PID 1 of a container is the one process the
+//!   kernel never gives default signal handlers to and the one that inherits orphans, so a
+//!   program not written to be an init ignores SIGTERM and leaves zombies. The node's init
+//!   (tini, Docker's docker-init; [`DEFAULT_INIT_BINARY`]) is bind-mounted read-only at
+//!   [`INIT_PATH`] and runs the command as its child, forwarding signals and reaping orphans;
+//!   the container exits with the command's status.
 //!
-//! Pure: the caller reads the image's passwd and group files and gives paths; nothing here
-//! touches the file system, so every rule is unit-tested.
+//! Pure but for devices: the caller reads the image's passwd and group files and gives paths,
+//! and nothing here touches the file system except stat'ing the host's device nodes, so every
+//! rule is unit-tested.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
+    LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use crate::taskdef::{ContainerDefinition, NetworkMode};
+use crate::taskdef::{ContainerDefinition, DevicePermission, NetworkMode};
+
+/// Where the init is mounted in a container with `initProcessEnabled`.
+pub const INIT_PATH: &str = "/sbin/skiff-init";
+
+/// The init a node uses by default: Debian's statically linked tini (`apt-get install tini`),
+/// the program Docker ships as docker-init. Static, so it runs in any image.
+pub const DEFAULT_INIT_BINARY: &str = "/usr/bin/tini-static";
 
 /// Why a spec could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +95,31 @@ pub enum SpecError {
         /// Why.
         #[source]
         source: crate::seccomp::SeccompError,
+    },
+    /// `initProcessEnabled` on a node without an init binary.
+    #[error("container {container}: initProcessEnabled is set but this node has no init binary")]
+    NoInit {
+        /// The container.
+        container: String,
+    },
+    /// A device's host path could not be examined.
+    #[error("container {container}: device {host_path}")]
+    DeviceStat {
+        /// The container.
+        container: String,
+        /// The device's `hostPath`.
+        host_path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A device's host path is not a character or block device.
+    #[error("container {container}: device {host_path} is not a character or block device")]
+    NotADevice {
+        /// The container.
+        container: String,
+        /// The device's `hostPath`.
+        host_path: String,
     },
     /// oci-spec refused a value.
     #[error("container {container}: building the runtime spec: {message}")]
@@ -131,6 +178,9 @@ pub struct SpecInputs<'a> {
     /// The seccomp profile (Docker's JSON format) for unprivileged containers; None runs them
     /// unconfined, which the node must choose explicitly.
     pub seccomp_profile: Option<&'a str>,
+    /// The init run as PID 1 of containers with `initProcessEnabled` (usually
+    /// [`DEFAULT_INIT_BINARY`]); None refuses them.
+    pub init_binary: Option<&'a Path>,
 }
 
 /// Docker's default capabilities.
@@ -428,10 +478,32 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     if privileged && !inputs.allow_privileged {
         return Err(SpecError::PrivilegedRefused { container });
     }
-    let args = process_args(def, inputs.image);
+    let mut args = process_args(def, inputs.image);
     if args.is_empty() {
         return Err(SpecError::NoCommand { container });
     }
+    let init = def
+        .linux_parameters
+        .as_ref()
+        .and_then(|l| l.init_process_enabled)
+        .unwrap_or(false);
+    let init_mount = if init {
+        let binary = inputs.init_binary.ok_or_else(|| SpecError::NoInit {
+            container: container.clone(),
+        })?;
+        args.splice(0..0, [INIT_PATH.to_owned(), "--".to_owned()]);
+        Some(
+            MountBuilder::default()
+                .destination(INIT_PATH)
+                .typ("bind")
+                .source(binary)
+                .options(["rbind", "rprivate", "ro"].map(String::from).to_vec())
+                .build()
+                .map_err(build)?,
+        )
+    } else {
+        None
+    };
     let user_field = def.user.as_deref().or(inputs.image.user.as_deref());
     let user = resolve_user(user_field, inputs.passwd, inputs.group).map_err(|reason| {
         SpecError::User {
@@ -531,7 +603,10 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     if let Some(r) = def.memory_reservation {
         memory = memory.reservation(mib(r));
     }
-    let mut resources = LinuxResourcesBuilder::default().memory(memory.build().map_err(build)?);
+    let (device_nodes, device_rules) = devices(def, privileged)?;
+    let mut resources = LinuxResourcesBuilder::default()
+        .memory(memory.build().map_err(build)?)
+        .devices(device_rules);
     if let Some(cpu) = def.cpu {
         let cpu = LinuxCpuBuilder::default().shares(u64::from(cpu.max(2)));
         resources = resources.cpu(cpu.build().map_err(build)?);
@@ -553,6 +628,7 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
         .namespaces(namespaces)
         .resources(resources.build().map_err(build)?)
         .cgroups_path(inputs.cgroups_path.clone())
+        .devices(device_nodes)
         .sysctl(sysctls);
     if let Some(filter) = seccomp {
         linux = linux.seccomp(filter);
@@ -570,6 +646,7 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
 
     let mut mounts = base_mounts(def).map_err(build)?;
     mounts.extend(inputs.mounts.iter().cloned());
+    mounts.extend(init_mount);
     let root = RootBuilder::default()
         .path(inputs.rootfs.clone())
         .readonly(def.readonly_root_filesystem.unwrap_or(false))
@@ -584,6 +661,85 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
         spec = spec.hostname(h.clone());
     }
     spec.build().map_err(build)
+}
+
+/// `linuxParameters.devices` as device nodes to create in the container and device cgroup
+/// rules: deny all first (Docker's policy; libcgroups then allows its standard nodes), or allow
+/// all for a `privileged` container as Docker does, then allow each device with its
+/// permissions. Host paths are stat'ed: each must be a character or block device.
+pub fn devices(
+    def: &ContainerDefinition,
+    privileged: bool,
+) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
+    let build = |e: oci_spec::OciSpecError| SpecError::Build {
+        container: def.name.clone(),
+        message: e.to_string(),
+    };
+    let mut nodes = Vec::new();
+    let mut rules = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(privileged)
+            .typ(LinuxDeviceType::A)
+            .access("rwm")
+            .build()
+            .map_err(build)?,
+    ];
+    for d in def.linux_parameters.iter().flat_map(|l| &l.devices) {
+        let meta = std::fs::metadata(&d.host_path).map_err(|source| SpecError::DeviceStat {
+            container: def.name.clone(),
+            host_path: d.host_path.clone(),
+            source,
+        })?;
+        let typ = if meta.file_type().is_char_device() {
+            LinuxDeviceType::C
+        } else if meta.file_type().is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            return Err(SpecError::NotADevice {
+                container: def.name.clone(),
+                host_path: d.host_path.clone(),
+            });
+        };
+        // Device numbers fit in i64: major is 12 bits, minor 20 (32 in the kernel's dev_t).
+        let major = nix::sys::stat::major(meta.rdev()) as i64;
+        let minor = nix::sys::stat::minor(meta.rdev()) as i64;
+        nodes.push(
+            LinuxDeviceBuilder::default()
+                .path(d.container_path.as_deref().unwrap_or(&d.host_path))
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+                .map_err(build)?,
+        );
+        let access: String = if d.permissions.is_empty() {
+            "rwm".into()
+        } else {
+            [
+                (DevicePermission::Read, 'r'),
+                (DevicePermission::Write, 'w'),
+                (DevicePermission::Mknod, 'm'),
+            ]
+            .into_iter()
+            .filter(|(p, _)| d.permissions.contains(p))
+            .map(|(_, c)| c)
+            .collect()
+        };
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .access(access)
+                .build()
+                .map_err(build)?,
+        );
+    }
+    Ok((nodes, rules))
 }
 
 /// /proc, /dev, /dev/pts, /dev/shm (sized), /dev/mqueue, /sys (read-only), the cgroup

@@ -100,6 +100,7 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<Sto
         pids_limit: Some(64),
         allow_privileged: false,
         seccomp_profile: Some(&profile),
+        init_binary: None,
     })
     .unwrap();
     let bundle = skiff.dir.path().join("bundle");
