@@ -184,9 +184,9 @@ async fn logs(
             let stopped = || {
                 let rec = state.borrow();
                 tx.is_closed()
-                    || rec.container(&name).is_none_or(|c| {
-                        c.last_status == crate::record::ContainerStatus::Stopped
-                    })
+                    || rec
+                        .container(&name)
+                        .is_none_or(|c| c.last_status == crate::record::ContainerStatus::Stopped)
             };
             crate::logs::follow(&dir, |l| tx.blocking_send(line(&l)).is_ok(), stopped);
         }

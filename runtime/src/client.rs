@@ -66,7 +66,8 @@ impl Client {
                     path: self.socket.clone(),
                     source,
                 })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
@@ -101,7 +102,10 @@ impl Client {
 
     /// Calls `GET path` and hands each line of the streamed answer to `f`.
     pub async fn lines(&self, path: &str, mut f: impl FnMut(&[u8])) -> Result<(), ClientError> {
-        let mut body = self.send(Method::GET, path, Bytes::new()).await?.into_body();
+        let mut body = self
+            .send(Method::GET, path, Bytes::new())
+            .await?
+            .into_body();
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {

@@ -79,7 +79,7 @@ impl Default for NodeConfig {
             image_pull_behavior: PullPolicy::Default,
             allow_privileged: false,
             seccomp_profile: PathBuf::from(crate::seccomp::DEFAULT_PROFILE),
-            init_binary: PathBuf::from("/usr/bin/tini-static"),
+            init_binary: PathBuf::from(crate::spec::DEFAULT_INIT_BINARY),
             shim: None,
             stopped_task_retention: Duration::from_secs(3600),
             metrics_address: None,

@@ -144,6 +144,8 @@ impl Daemon {
             allow_privileged: cfg.allow_privileged,
             shim,
             state_root: cfg.containers_state(),
+            node_volumes: cfg.volumes_dir(),
+            init_binary: cfg.init_binary.clone(),
         });
         let records = Records::open(&cfg.tasks_dir())?;
         let daemon = Self {
@@ -206,7 +208,8 @@ impl Daemon {
         // Task cgroups.
         for id in TaskCgroup::list(&self.host.layout, &self.host.cgroup_parent) {
             if is_task_id(&id) && !live.contains_key(id.as_str()) {
-                let cg = TaskCgroup::existing(self.host.layout.clone(), &self.host.cgroup_parent, &id);
+                let cg =
+                    TaskCgroup::existing(self.host.layout.clone(), &self.host.cgroup_parent, &id);
                 if let Err(e) = cg.remove() {
                     tracing::warn!(task = %id, error = %e, "removing cgroup of no live task");
                 }
@@ -288,14 +291,12 @@ impl Daemon {
         }
     }
 
-    fn with_handle<T>(
-        &self,
-        id: &str,
-        f: impl FnOnce(&TaskHandle) -> T,
-    ) -> Result<T, DaemonError> {
+    fn with_handle<T>(&self, id: &str, f: impl FnOnce(&TaskHandle) -> T) -> Result<T, DaemonError> {
         let id = self.resolve(id)?;
         let tasks = self.tasks.lock().expect("task table");
-        let h = tasks.get(&id).ok_or_else(|| DaemonError::NoSuchTask(id.clone()))?;
+        let h = tasks
+            .get(&id)
+            .ok_or_else(|| DaemonError::NoSuchTask(id.clone()))?;
         Ok(f(h))
     }
 

@@ -66,7 +66,10 @@ mod tests {
             .unwrap();
         let pid = child.id() as i32;
         let t = start_time(pid).unwrap();
-        assert!(Watched::open(pid, Some(t + 1)).is_none(), "wrong start time");
+        assert!(
+            Watched::open(pid, Some(t + 1)).is_none(),
+            "wrong start time"
+        );
         let w = Watched::open(pid, Some(t)).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), w.exited())
             .await

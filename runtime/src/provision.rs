@@ -24,6 +24,14 @@ use crate::logs::Rotation;
 use crate::record::{ShimRef, TaskRecord};
 use crate::spec::{ImageRunConfig, SpecError, SpecInputs, build_spec};
 use crate::taskdef::ContainerDefinition;
+use crate::volumes::{self, VolumeDirs, VolumeError};
+
+fn volume_dirs(host: &Host, task_dir: &Path) -> VolumeDirs {
+    VolumeDirs {
+        task_dir: task_dir.to_owned(),
+        node_volumes: host.node_volumes.clone(),
+    }
+}
 
 /// Why provisioning or a container start failed; the text becomes the task's or container's
 /// `stoppedReason`, so it names what failed.
@@ -44,6 +52,9 @@ pub enum ProvisionError {
     /// A container's spec could not be built.
     #[error("CannotCreateContainerError: {0}")]
     Spec(#[from] SpecError),
+    /// The task's volumes could not be prepared.
+    #[error("ResourceInitializationError: {0}")]
+    Volume(#[from] VolumeError),
     /// A file of the task could not be prepared.
     #[error("ResourceInitializationError: {op} {path}: {source}")]
     Io {
@@ -89,6 +100,10 @@ pub struct Host {
     pub shim: PathBuf,
     /// libcontainer's state root.
     pub state_root: PathBuf,
+    /// Named volumes that outlive tasks.
+    pub node_volumes: PathBuf,
+    /// The init run by `initProcessEnabled`.
+    pub init_binary: PathBuf,
 }
 
 /// Where a container's files live in its task's directory.
@@ -143,14 +158,12 @@ pub async fn provision(
     let mut pulled: HashMap<String, skiff_images::store::ImageRecord> = HashMap::new();
     for c in &mut rec.containers {
         if !pulled.contains_key(&c.image) {
-            let image = host
-                .images
-                .pull(&c.image, &opts)
-                .await
-                .map_err(|source| ProvisionError::Image {
+            let image = host.images.pull(&c.image, &opts).await.map_err(|source| {
+                ProvisionError::Image {
                     image: c.image.clone(),
                     source: Box::new(source),
-                })?;
+                }
+            })?;
             pulled.insert(c.image.clone(), image);
         }
         c.image_digest = Some(pulled[&c.image].manifest_digest.to_string());
@@ -163,6 +176,7 @@ pub async fn provision(
     )?;
     rec.cgroup = Some(cgroup.rel().display().to_string());
     let def = rec.task_definition.clone();
+    let volumes = volumes::prepare(&def, &volume_dirs(host, task_dir))?;
     for c in &def.container_definitions {
         let runtime_id = rec
             .container(&c.name)
@@ -195,19 +209,19 @@ pub async fn provision(
             passwd: &passwd,
             group: &group,
             env_files: &env_files,
-            mounts: vec![],
+            mounts: volumes.mounts_for(&def, c)?,
+            init_binary: Some(&host.init_binary),
             pids_limit: None,
             allow_privileged: host.allow_privileged,
             seccomp_profile: Some(&host.seccomp_profile),
         })?;
         std::fs::create_dir_all(&files.bundle).map_err(io("create", &files.bundle))?;
         let config_json = files.bundle.join("config.json");
-        spec.save(&config_json)
-            .map_err(|e| ProvisionError::Io {
-                op: "write",
-                path: config_json.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        spec.save(&config_json).map_err(|e| ProvisionError::Io {
+            op: "write",
+            path: config_json.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     }
     Ok(())
 }
@@ -217,7 +231,11 @@ fn run_config(config: &serde_json::Value) -> ImageRunConfig {
     let c = &config["config"];
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let opt = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
@@ -234,7 +252,11 @@ fn run_config(config: &serde_json::Value) -> ImageRunConfig {
 /// `/etc/passwd -> /host/secret` must not read the host's file). Missing is empty.
 fn read_in_root(root: &Path, rel: &str) -> String {
     let read = || -> std::io::Result<String> {
-        let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let dir = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let fd = rustix::fs::openat2(
             dir.as_fd(),
             rel,
@@ -298,7 +320,8 @@ pub async fn start(
         }
         _ => {}
     }
-    let shim_log = std::fs::File::create(files.shim_log()).map_err(io("create", &files.shim_log()))?;
+    let shim_log =
+        std::fs::File::create(files.shim_log()).map_err(io("create", &files.shim_log()))?;
     let rot = rotation(c);
     let mut child = tokio::process::Command::new(&host.shim)
         .arg("--state-root")
@@ -339,7 +362,9 @@ pub async fn start(
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("skiff-shim exited without starting the container");
-        return Err(fail(msg.trim_start_matches("skiff-shim: error: ").to_owned()));
+        return Err(fail(
+            msg.trim_start_matches("skiff-shim: error: ").to_owned(),
+        ));
     };
     let start_time = crate::process::start_time(shim_pid).unwrap_or(0);
     // Reap the shim when it exits while this skiffd lives; it is watched through a pidfd.
@@ -369,14 +394,20 @@ pub async fn delete_container(host: &Host, runtime_id: &str) {
         .await;
     match out {
         Ok(o) if o.status.success() => {}
-        Ok(o) => tracing::warn!(container = runtime_id, error = %String::from_utf8_lossy(&o.stderr).trim(), "deleting container"),
+        Ok(o) => {
+            tracing::warn!(container = runtime_id, error = %String::from_utf8_lossy(&o.stderr).trim(), "deleting container")
+        }
         Err(e) => tracing::warn!(container = runtime_id, error = %e, "running skiff-shim delete"),
     }
 }
 
 /// Releases everything the task holds on the node but its record and logs: containers still
-/// there, root filesystems, the task cgroup. Idempotent; errors are logged and the rest goes on.
-pub async fn release(host: &Host, rec: &TaskRecord) {
+/// there, root filesystems, the task cgroup, task-scoped volumes. Idempotent; errors are logged
+/// and the rest goes on.
+pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
+    if let Err(e) = volumes::remove_task_volumes(&volume_dirs(host, task_dir)) {
+        tracing::warn!(task = %rec.task_id, error = %e, "removing task volumes");
+    }
     for c in &rec.containers {
         delete_container(host, &c.runtime_id).await;
         let (images, id) = (host.images.clone(), c.runtime_id.clone());

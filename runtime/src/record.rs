@@ -201,12 +201,14 @@ impl Records {
             let entry = entry.map_err(io("list", &self.dir))?;
             let path = entry.path().join("task.json");
             match fs::read(&path) {
-                Ok(data) => recs.push(serde_json::from_slice(&data).map_err(|e| {
-                    RecordError::Corrupt {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    }
-                })?),
+                Ok(data) => {
+                    recs.push(
+                        serde_json::from_slice(&data).map_err(|e| RecordError::Corrupt {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?,
+                    )
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => strays.push(entry.path()),
                 Err(e) => return Err(io("read", &path)(e)),
             }

@@ -242,7 +242,9 @@ impl Runner {
             let def = self.rec.task_definition.clone();
             let mut progressed = false;
             for c in &def.container_definitions {
-                if self.rec.container(&c.name).map(|r| r.last_status) != Some(ContainerStatus::Pending) {
+                if self.rec.container(&c.name).map(|r| r.last_status)
+                    != Some(ContainerStatus::Pending)
+                {
                     continue;
                 }
                 match readiness(c, &phases) {
@@ -357,7 +359,7 @@ impl Runner {
         }
         if matches!(self.rec.status, TaskStatus::Deprovisioning(_)) {
             self.save();
-            provision::release(&self.host, &self.rec).await;
+            provision::release(&self.host, &self.rec, &self.task_dir()).await;
             for h in self.health.drain() {
                 h.1.1.abort();
             }
@@ -419,7 +421,10 @@ impl Runner {
         if rec.restart_count != run || rec.last_status != ContainerStatus::Running {
             return;
         }
-        let since = self.started.get(name).map_or(Duration::ZERO, Instant::elapsed);
+        let since = self
+            .started
+            .get(name)
+            .map_or(Duration::ZERO, Instant::elapsed);
         let Some((tracker, _)) = self.health.get_mut(name) else {
             return;
         };
@@ -472,7 +477,10 @@ impl Runner {
             // The shim died without recording (SIGKILL): the container may live on.
             provision::delete_container(&self.host, &runtime_id).await;
         }
-        let ran_for = self.started.get(name).map_or(Duration::ZERO, Instant::elapsed);
+        let ran_for = self
+            .started
+            .get(name)
+            .map_or(Duration::ZERO, Instant::elapsed);
         let def = self
             .rec
             .task_definition

@@ -894,3 +894,314 @@ pub fn diff_trees(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> Vec
     }
     out
 }
+
+/// /etc/passwd and /etc/group of the test images: root and an `app` user (1000) in `staff`.
+pub const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
+/// See [`PASSWD`].
+pub const GROUP: &str = "root:x:0:\napp:x:1000:\nstaff:x:50:app\n";
+
+/// The busybox test image's single layer: busybox, /etc/passwd and group, /tmp.
+pub fn busybox_layer() -> Vec<u8> {
+    Layer::new()
+        .busybox()
+        .dir("etc", 0o755)
+        .file("etc/passwd", PASSWD.as_bytes(), 0o644)
+        .file("etc/group", GROUP.as_bytes(), 0o644)
+        .dir("tmp", 0o1777)
+        .finish()
+}
+
+/// A skiffd of its own (state, socket, cgroup parent) started from the workspace's binary,
+/// with the busybox test image loaded as `local/bb:1`. On drop it stops its tasks, kills skiffd
+/// and removes what is left (the cgroup parent), so tests leave nothing behind.
+pub struct Skiffd {
+    /// Scratch directory holding root, run dir and config.
+    pub dir: TempDir,
+    /// The state root (image store, task records).
+    pub root: PathBuf,
+    /// The run dir (socket, libcontainer state).
+    pub run_dir: PathBuf,
+    /// The node config file.
+    pub config: PathBuf,
+    /// Parent of its task cgroups.
+    pub cgroup_parent: String,
+    child: Option<Child>,
+}
+
+/// The image every daemon test runs.
+pub const BUSYBOX: &str = "local/bb:1";
+
+impl Skiffd {
+    /// Starts a skiffd with `extra` appended to its config.
+    pub fn start(extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("skiffd-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let (root, run_dir) = (dir.path().join("root"), dir.path().join("run"));
+        let cgroup_parent = format!(
+            "skiff-test-{}",
+            dir.path().file_name().unwrap().to_string_lossy()
+        );
+        let images = dir.path().join("images.toml");
+        fs::write(&images, "").expect("write images.toml");
+        let config = dir.path().join("skiffd.toml");
+        fs::write(
+            &config,
+            format!(
+                "root = {root:?}\nrun_dir = {run_dir:?}\nimages_config = {images:?}\ncgroup_parent = {cgroup_parent:?}\n{extra}\n"
+            ),
+        )
+        .expect("write skiffd.toml");
+        let mut d = Self {
+            dir,
+            root,
+            run_dir,
+            config,
+            cgroup_parent,
+            child: None,
+        };
+        let layout = d.dir.path().join("layout");
+        write_layout(
+            &layout,
+            "1",
+            &[ImageSpec {
+                arch: "amd64".into(),
+                variant: None,
+                layers: vec![(busybox_layer(), Compression::Gzip)],
+            }],
+        )
+        .expect("write image layout");
+        let out = Command::new(workspace_bin("skiff"))
+            .args(["image", "load", "--name", "local/bb"])
+            .arg(&layout)
+            .arg("--root")
+            .arg(&d.root)
+            .arg("--config")
+            .arg(&images)
+            .output()
+            .expect("run skiff image load");
+        assert!(out.status.success(), "load: {out:?}");
+        d.spawn();
+        d
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("skiffd.sock")
+    }
+
+    /// (Re)starts the daemon and waits for its socket.
+    pub fn spawn(&mut self) {
+        let _ = fs::remove_file(self.socket());
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("skiffd.log"))
+            .expect("skiffd log");
+        let child = Command::new(workspace_bin("skiffd"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn skiffd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "skiffd did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// skiffd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("skiffd.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` skiffd (its tasks' shims live on).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A `skiff` command talking to this skiffd.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(workspace_bin("skiff"));
+        c.args(args).env("SKIFF_SOCKET", self.socket());
+        c
+    }
+
+    /// Runs `skiff <args>`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().expect("run skiff");
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed: {}\n{}\nskiffd log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `skiff task run -f` on a definition whose containers are `containers` (a JSON
+    /// array's contents; `networkMode` none, image [`BUSYBOX`] unless given); returns the id.
+    pub fn run(&self, containers: &str, detach: bool) -> String {
+        self.run_def(&format!(
+            r#"{{"family":"test","networkMode":"none","memory":"256","containerDefinitions":[{containers}]}}"#
+        ), detach)
+    }
+
+    /// Runs `skiff task run -f` on a whole task definition; returns the task id.
+    pub fn run_def(&self, def: &str, detach: bool) -> String {
+        let file = self
+            .dir
+            .path()
+            .join(format!("def-{}.json", sha256(def.as_bytes())));
+        fs::write(&file, def).expect("write task definition");
+        let mut args = vec!["task", "run", "-f", file.to_str().unwrap()];
+        if detach {
+            args.push("--detach");
+        }
+        let out = self.cmd(&args).output().expect("run skiff");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let id = stdout.lines().next().unwrap_or("").trim().to_owned();
+        assert_eq!(
+            id.len(),
+            32,
+            "skiff task run: {stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        id
+    }
+
+    /// The task's record as `skiff task describe` prints it.
+    pub fn describe(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["task", "describe", id])).expect("describe JSON")
+    }
+
+    /// Waits until the task is STOPPED; returns its record.
+    pub fn wait_stopped(&self, id: &str) -> serde_json::Value {
+        let _ = self
+            .cmd(&["task", "wait", id])
+            .output()
+            .expect("skiff task wait");
+        let rec = self.describe(id);
+        assert_eq!(rec["lastStatus"], "STOPPED", "{rec:#}");
+        rec
+    }
+
+    /// Polls the task's record until `f` holds (at most `secs`).
+    pub fn wait_for(
+        &self,
+        id: &str,
+        secs: u64,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let rec = self.describe(id);
+            if f(&rec) {
+                return rec;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out; task: {rec:#}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Container `name` of a task record.
+    pub fn container<'a>(rec: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        rec["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("no container {name} in {rec:#}"))
+    }
+
+    /// What of this node exists on the host: task cgroups, mounts under the root, libcontainer
+    /// state, root filesystem leases. Empty when nothing is left.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for ctrl in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = ctrl.path().join(&self.cgroup_parent);
+            for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    found.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        let root = self.root.display().to_string();
+        for line in fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+        {
+            if line
+                .split_whitespace()
+                .nth(4)
+                .is_some_and(|m| m.starts_with(&root))
+            {
+                found.push(format!("mount {line}"));
+            }
+        }
+        for e in fs::read_dir(self.run_dir.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.push(format!("container state {}", e.path().display()));
+        }
+        for e in fs::read_dir(self.root.join("rootfs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.push(format!("rootfs {}", e.path().display()));
+        }
+        found
+    }
+}
+
+impl Drop for Skiffd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Ok(out) = self.cmd(&["task", "ls", "-q"]).output() {
+                for id in String::from_utf8_lossy(&out.stdout).lines() {
+                    let _ = self.cmd(&["task", "stop", id]).output();
+                }
+            }
+        }
+        self.kill9();
+        for ctrl in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = ctrl.path().join(&self.cgroup_parent);
+            if p.is_dir() {
+                for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+                    for sub in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                        let _ = fs::remove_dir(sub.path());
+                    }
+                    let _ = fs::remove_dir(e.path());
+                }
+                let _ = fs::remove_dir(&p);
+            }
+        }
+    }
+}

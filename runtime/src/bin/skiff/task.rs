@@ -17,7 +17,12 @@ use skiff_runtime::record::TaskRecord;
 #[derive(Args)]
 pub struct Api {
     /// skiffd's API socket.
-    #[arg(long, global = true, default_value = "/run/skiff/skiffd.sock", env = "SKIFF_SOCKET")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/skiff/skiffd.sock",
+        env = "SKIFF_SOCKET"
+    )]
     socket: PathBuf,
 }
 
@@ -140,26 +145,33 @@ pub fn run(api: &Api, cmd: TaskCommand) -> anyhow::Result<u8> {
                     std::fs::read_to_string(&file)
                         .with_context(|| format!("reading {}", file.display()))?
                 };
-                let path = if detach { "/v1/tasks" } else { "/v1/tasks?wait=running" };
+                let path = if detach {
+                    "/v1/tasks"
+                } else {
+                    "/v1/tasks?wait=running"
+                };
                 let rec: TaskRecord = client.call(Method::POST, path, Bytes::from(def)).await?;
                 println!("{}", rec.task_id);
                 if matches!(rec.status, TaskStatus::Stopped(_)) {
                     print_stopped(&rec);
-                    let failed = rec
-                        .status
-                        .stop()
-                        .is_some_and(|s| s.stop_code == skiff_runtime::lifecycle::StopCode::TaskFailedToStart);
+                    let failed = rec.status.stop().is_some_and(|s| {
+                        s.stop_code == skiff_runtime::lifecycle::StopCode::TaskFailedToStart
+                    });
                     return Ok(if failed { 1 } else { 0 });
                 }
                 Ok(0)
             }
             TaskCommand::Ls { all, quiet } => {
-                let recs: Vec<TaskRecord> = client.call(Method::GET, "/v1/tasks", Bytes::new()).await?;
+                let recs: Vec<TaskRecord> =
+                    client.call(Method::GET, "/v1/tasks", Bytes::new()).await?;
                 let shown = recs
                     .iter()
                     .filter(|r| all || !matches!(r.status, TaskStatus::Stopped(_)));
                 if !quiet {
-                    println!("{:<32}  {:<20}  {:<14}  {:<8}  CONTAINERS", "TASK", "FAMILY", "STATUS", "HEALTH");
+                    println!(
+                        "{:<32}  {:<20}  {:<14}  {:<8}  CONTAINERS",
+                        "TASK", "FAMILY", "STATUS", "HEALTH"
+                    );
                 }
                 for r in shown {
                     if quiet {
@@ -196,14 +208,22 @@ pub fn run(api: &Api, cmd: TaskCommand) -> anyhow::Result<u8> {
             TaskCommand::Stop { id, no_wait } => {
                 let q = if no_wait { "" } else { "?wait=stopped" };
                 let rec: TaskRecord = client
-                    .call(Method::POST, &format!("/v1/tasks/{id}/stop{q}"), Bytes::new())
+                    .call(
+                        Method::POST,
+                        &format!("/v1/tasks/{id}/stop{q}"),
+                        Bytes::new(),
+                    )
                     .await?;
                 println!("{} {}", rec.task_id, rec.status.name());
                 Ok(0)
             }
             TaskCommand::Wait { id } => {
                 let rec: TaskRecord = client
-                    .call(Method::GET, &format!("/v1/tasks/{id}?wait=stopped"), Bytes::new())
+                    .call(
+                        Method::GET,
+                        &format!("/v1/tasks/{id}?wait=stopped"),
+                        Bytes::new(),
+                    )
                     .await?;
                 print_stopped(&rec);
                 Ok(essential_exit(&rec).map_or(1, |c| c.clamp(0, 255) as u8))
