@@ -146,3 +146,177 @@ fn stop_sends_sigterm_then_sigkill_after_stop_timeout() {
     );
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }
+
+#[test]
+fn depends_on_conditions_and_health_checks() {
+    if !privileged("depends_on_conditions_and_health_checks") {
+        return;
+    }
+    let d = Skiffd::start("");
+    let health = r#""healthCheck":{"command":["CMD-SHELL","test -f /tmp/ready"],"interval":1,"timeout":2,"retries":2}"#;
+    let id = d.run(
+        &[
+            bb("db", &format!(r#""command":["sh","-c","sleep 2; touch /tmp/ready; sleep 300"],{health}"#)),
+            bb("migrate", r#""essential":false,"command":["sh","-c","sleep 1; exit 0"]"#),
+            bb("warmup", r#""essential":false,"command":["sh","-c","exit 4"]"#),
+            bb("app", r#""command":["sleep","300"],"dependsOn":[{"containerName":"db","condition":"HEALTHY"},{"containerName":"migrate","condition":"SUCCESS"},{"containerName":"warmup","condition":"COMPLETE"}]"#),
+            bb("sidecar", r#""essential":false,"command":["sleep","300"],"dependsOn":[{"containerName":"app","condition":"START"}]"#),
+            bb("never", r#""essential":false,"command":["true"],"dependsOn":[{"containerName":"warmup","condition":"SUCCESS"}]"#),
+            bb("sick", r#""essential":false,"command":["sleep","300"],"healthCheck":{"command":["CMD","false"],"interval":1,"retries":2}"#),
+        ]
+        .join(","),
+        true,
+    );
+    let rec = d.wait_for(&id, 30, |r| r["lastStatus"] == "RUNNING");
+    let c = |n| Skiffd::container(&rec, n).clone();
+    let started = |n| c(n)["startedAt"].as_f64().unwrap();
+    assert_eq!(c("db")["healthStatus"], "HEALTHY", "{rec:#}");
+    assert!(started("app") >= started("db") + 2.0, "app started before db was healthy: {rec:#}");
+    assert_eq!(c("migrate")["exitCode"], 0);
+    assert_eq!(c("warmup")["exitCode"], 4);
+    assert!(started("sidecar") >= started("app"));
+    assert_eq!(c("never")["lastStatus"], "STOPPED");
+    assert!(c("never")["reason"].as_str().unwrap().contains("dependency warmup exited with code 4"), "{rec:#}");
+    assert!(c("never").get("startedAt").is_none());
+    let rec = d.wait_for(&id, 20, |r| Skiffd::container(r, "sick")["healthStatus"] == "UNHEALTHY");
+    // Only essential containers make the task's health: db is.
+    assert_eq!(rec["healthStatus"], "HEALTHY", "{rec:#}");
+    d.ok(&["task", "stop", &id]);
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+}
+
+#[test]
+fn restart_policy_restarts_in_place_unless_the_exit_code_is_ignored() {
+    if !privileged("restart_policy_restarts_in_place_unless_the_exit_code_is_ignored") {
+        return;
+    }
+    let d = Skiffd::start("");
+    // ECS's shortest restartAttemptPeriod is 60 s: a container must have run that long.
+    let policy = r#""restartPolicy":{"enabled":true,"ignoredExitCodes":[0],"restartAttemptPeriod":60}"#;
+    let id = d.run(
+        &[
+            bb("worker", &format!(r#""command":["sh","-c","echo run; sleep 61; if [ -f /tmp/again ]; then exit 0; fi; touch /tmp/again; exit 9"],{policy}"#)),
+            bb("quick", &format!(r#""essential":false,"command":["sh","-c","exit 5"],{policy}"#)),
+        ]
+        .join(","),
+        false,
+    );
+    // quick failed fast: not restarted.
+    let rec = d.wait_for(&id, 10, |r| Skiffd::container(r, "quick")["lastStatus"] == "STOPPED");
+    assert_eq!(Skiffd::container(&rec, "quick")["restartCount"], 0, "{rec:#}");
+    // worker ran 61 s and exited 9: restarted in place (its writable layer kept), then exited 0,
+    // which is ignored: the essential container stays exited and the task stops.
+    let rec = d.wait_for(&id, 150, |r| r["lastStatus"] == "STOPPED");
+    let w = Skiffd::container(&rec, "worker");
+    assert_eq!(w["restartCount"], 1, "{rec:#}");
+    assert_eq!(w["exitCode"], 0, "{rec:#}");
+    assert_eq!(d.ok(&["logs", &id, "worker"]), "run\nrun\n");
+}
+
+#[test]
+fn exec_runs_in_the_container_and_logs_follow() {
+    if !privileged("exec_runs_in_the_container_and_logs_follow") {
+        return;
+    }
+    let d = Skiffd::start("");
+    let id = d.run(
+        &bb("web", r#""user":"app","hostname":"webhost","command":["sh","-c","i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); sleep 1; done; sleep 300"]"#),
+        false,
+    );
+    let out = d.cmd(&["exec", &id, "web", "--", "sh", "-c", "hostname; id -u; exit 4"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "webhost\n1000\n");
+    let err = d.cmd(&["exec", &id, "nope", "--", "true"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&err.stderr).contains("has no container nope"), "{err:?}");
+    // Follow: lines arrive as written, and the stream ends when the container stops.
+    let mut follow = d.cmd(&["logs", "-f", &id]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    for want in ["tick0", "tick1", "tick2"] {
+        assert_eq!(lines.next().unwrap().unwrap(), want);
+    }
+    d.ok(&["task", "stop", &id]);
+    assert!(lines.next().is_none());
+    assert!(follow.wait().unwrap().success());
+}
+
+#[test]
+fn kill_9_skiffd_loses_no_task_and_no_exit() {
+    if !privileged("kill_9_skiffd_loses_no_task_and_no_exit") {
+        return;
+    }
+    let mut d = Skiffd::start("");
+    let long = d.run(&bb("main", r#""stopTimeout":2,"command":["sh","-c","trap 'exit 0' TERM; while true; do sleep 0.1; done"]"#), false);
+    let short = d.run(&bb("main", r#""command":["sh","-c","sleep 2; exit 5"]"#), false);
+    let oom = d.run_def(
+        &format!(r#"{{"family":"oom","networkMode":"none","memory":"32","containerDefinitions":[{}]}}"#,
+            bb("hog", r#""command":["sh","-c","sleep 2; x=a; while true; do x=$x$x; done"]"#)),
+        false,
+    );
+    let pid_before = Skiffd::container(&d.describe(&long), "main")["pid"].clone();
+    d.kill9();
+    std::thread::sleep(Duration::from_secs(5));
+    d.spawn();
+    // The short task's container exited while skiffd was down: its real exit code is reported.
+    let rec = d.wait_stopped(&short);
+    assert_eq!(Skiffd::container(&rec, "main")["exitCode"], 5, "{rec:#}");
+    let rec = d.wait_stopped(&oom);
+    let hog = Skiffd::container(&rec, "hog");
+    assert_eq!(hog["exitCode"], 137, "{rec:#}");
+    assert!(hog["reason"].as_str().unwrap().contains("OutOfMemoryError"), "{rec:#}");
+    // The long one runs on, the same process, and can still be stopped.
+    let rec = d.describe(&long);
+    assert_eq!(rec["lastStatus"], "RUNNING", "{rec:#}");
+    assert_eq!(Skiffd::container(&rec, "main")["pid"], pid_before);
+    d.ok(&["task", "stop", &long]);
+    let rec = d.describe(&long);
+    assert_eq!(Skiffd::container(&rec, "main")["exitCode"], 0, "{rec:#}");
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+}
+
+#[test]
+fn a_restart_cleans_what_belongs_to_no_task() {
+    if !privileged("a_restart_cleans_what_belongs_to_no_task") {
+        return;
+    }
+    let mut d = Skiffd::start("");
+    let id = d.run(&bb("main", r#""command":["sleep","300"]"#), false);
+    d.kill9();
+    // The task's record vanishes while skiffd is down (a lost disk write, an operator): its
+    // container, root filesystem and cgroup are orphans now.
+    std::fs::remove_dir_all(d.root.join("tasks").join(&id)).unwrap();
+    assert!(!d.leftovers().is_empty());
+    d.spawn();
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+}
+
+#[test]
+fn two_hundred_start_stop_cycles_leave_nothing_behind() {
+    if !privileged("two_hundred_start_stop_cycles_leave_nothing_behind") {
+        return;
+    }
+    let d = Skiffd::start("");
+    let def = d.dir.path().join("cycle.json");
+    std::fs::write(
+        &def,
+        format!(r#"{{"family":"cycle","networkMode":"none","memory":"64","volumes":[{{"name":"scratch"}}],"containerDefinitions":[{}]}}"#,
+            bb("main", r#""command":["sleep","300"],"stopTimeout":1,"mountPoints":[{"sourceVolume":"scratch","containerPath":"/data"}]"#)),
+    )
+    .unwrap();
+    for i in 0..200 {
+        let id = d.ok(&["task", "run", "-f", def.to_str().unwrap()]).trim().to_owned();
+        if i % 2 == 0 {
+            d.ok(&["task", "stop", &id]);
+        } else {
+            d.ok(&["exec", &id, "main", "--", "kill", "1"]);
+            d.wait_stopped(&id);
+        }
+        d.ok(&["task", "rm", &id]);
+    }
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    assert!(d.ok(&["task", "ls", "-a", "-q"]).trim().is_empty());
+    let tasks: Vec<_> = std::fs::read_dir(d.root.join("tasks")).unwrap().collect();
+    assert!(tasks.is_empty(), "{tasks:?}");
+    // No shim or container process of this node is left.
+    let ps = std::process::Command::new("pgrep").args(["-f", d.run_dir.to_str().unwrap()]).output().unwrap();
+    assert!(ps.stdout.is_empty(), "{}", String::from_utf8_lossy(&ps.stdout));
+}
