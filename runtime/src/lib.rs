@@ -11,4 +11,5 @@ pub mod orchestration;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod stats;
 pub mod taskdef;
