@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod cgroups;
+pub mod console;
 pub mod lifecycle;
 pub mod logs;
 pub mod orchestration;
