@@ -13,6 +13,10 @@
 //! which is only sound when no other thread can hold a lock (docs/design.md, STACK.md). It waits
 //! for its own children only (the container's init is reparented to it as the nearest
 //! subreaper), never for anyone else's.
+//!
+//! `exec` runs a further process inside a running container, as `docker exec` does, with the
+//! caller's stdio or with a terminal of the container's relayed to the caller's
+//! ([`crate::console`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -30,6 +34,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::console::{ConsoleError, ConsoleSocket, RawMode, copy_size, stdio};
 use crate::logs::{LogError, LogWriter, Rotation, Stream};
 
 /// Errors of the shim.
@@ -59,6 +64,9 @@ pub enum ShimError {
     /// The log could not be written.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The terminal of an exec could not be set up.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     /// A system call failed.
     #[error("container {id}: {op}: {source}")]
     Sys {
@@ -106,19 +114,11 @@ impl ExitStatus {
     /// Reads an exit file written by a shim.
     pub fn read(path: &Path) -> Result<Option<Self>, ShimError> {
         match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map(Some)
-                .map_err(|e| ShimError::Io {
-                    op: "parse exit file",
-                    path: path.to_owned(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ShimError::Io {
-                op: "read exit file",
-                path: path.to_owned(),
-                source,
+            Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+                io("parse exit file", path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
             }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read exit file", path)(e)),
         }
     }
 }
@@ -339,40 +339,180 @@ fn pump(
     Ok(())
 }
 
-/// Runs `args` inside the running container `id` (its namespaces, cgroup, user, environment,
-/// capabilities and seccomp filter, as `docker exec` does) with this process's stdio, and
-/// returns how it ended. The caller becomes the subreaper of the exec'd process, so it is
+/// Runs `args` inside the running container `id` as `docker exec` does: in its namespaces and
+/// cgroup, with its process settings (user, environment, working directory, capabilities,
+/// `noNewPrivileges`, rlimits) taken from the container's spec, as runc builds an exec process.
+/// Returns how it ended. The caller becomes the subreaper of the exec'd process, so it is
 /// waited for here even though libcontainer's intermediate process exits.
-pub fn exec(id: &str, state_root: &Path, args: Vec<String>) -> Result<ExitStatus, ShimError> {
+///
+/// Without `tty` the process gets this process's stdio. With `tty` (`docker exec -t`) it gets a
+/// terminal allocated in the container (see [`crate::console`]), which this process relays to
+/// its own stdin and stdout, in raw mode and at its window size when they are a terminal, until
+/// the process has exited and its output is drained.
+///
+/// Limitation: libcontainer 0.7 rebuilds the tenant's `linux` section without `seccomp`, so the
+/// process does not get the container's seccomp filter (docs/design.md).
+pub fn exec(
+    id: &str,
+    state_root: &Path,
+    args: Vec<String>,
+    tty: bool,
+) -> Result<ExitStatus, ShimError> {
     let (sys, lc) = (sys_err(id), lc_err(id));
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("set child subreaper"))?;
-    // As `docker exec`, run as the container's user unless told otherwise; libcontainer's
-    // tenant default would be root.
     let container =
         libcontainer::container::Container::load(state_root.join(id)).map_err(lc("load"))?;
     let config = container.bundle().join("config.json");
-    let user = oci_spec::runtime::Spec::load(&config)
+    let mut process = oci_spec::runtime::Spec::load(&config)
         .map_err(|e| ShimError::Container {
             id: id.to_owned(),
             op: "read spec",
             message: e.to_string(),
         })?
         .process()
-        .as_ref()
-        .map(|p| p.user().clone())
+        .clone()
         .unwrap_or_default();
+    process.set_args(Some(args)).set_terminal(Some(tty));
+    let mut env = process.env().clone().unwrap_or_default();
+    if tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        // As docker exec -t: programs need a terminal type to drive the terminal.
+        env.push("TERM=xterm".into());
+    }
+    process.set_env(Some(env));
+    // Private (0700): the process spec and the console socket, which only libcontainer may use.
+    let dir = tempfile::Builder::new()
+        .prefix("skiff-exec-")
+        .tempdir()
+        .map_err(io("create", &std::env::temp_dir()))?;
+    let process_file = dir.path().join("process.json");
+    std::fs::write(
+        &process_file,
+        serde_json::to_vec(&process).expect("process spec serializes"),
+    )
+    .map_err(io("write", &process_file))?;
+    let console = if tty {
+        Some(ConsoleSocket::bind(&dir.path().join("console"))?)
+    } else {
+        None
+    };
     let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(state_root)
         .map_err(lc("state root"))?
+        .with_console_socket(console.as_ref().map(ConsoleSocket::path))
         .as_tenant()
-        .with_user(Some(user.uid()))
-        .with_group(Some(user.gid()))
-        .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
-        .with_container_args(args)
-        .with_detach(false)
+        .with_process(Some(&process_file))
+        // libcontainer only accepts a console socket for a "detached" process; for a tenant
+        // that changes nothing else, and the process is waited for below either way.
+        .with_detach(tty)
         .build()
         .map_err(lc("exec"))?;
-    wait_for(pid).map_err(sys("wait"))
+    match console {
+        None => wait_for(pid).map_err(sys("wait")),
+        Some(console) => match console.receive() {
+            Ok(master) => relay(id, master, pid),
+            Err(e) => {
+                // Nobody would ever read its terminal.
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = wait_for(pid);
+                Err(e.into())
+            }
+        },
+    }
+}
+
+/// Relays this process's stdin to the pty `master` and the master to its stdout until `pid` has
+/// exited and the master is drained (or has no writer left); returns how `pid` ended.
+fn relay(id: &str, master: OwnedFd, pid: Pid) -> Result<ExitStatus, ShimError> {
+    let sys = sys_err(id);
+    let (stdin, mut stdout) = stdio()?;
+    let mut master = File::from(master);
+    let _raw = RawMode::enter(stdin.as_fd())?;
+    copy_size(&stdin, &master)?;
+    // Blocked only now: the exec'd process, forked by build(), must not inherit the mask.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGWINCH);
+    mask.thread_block().map_err(sys("block signals"))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(sys("signalfd"))?;
+    // It may have exited before SIGCHLD was blocked.
+    let mut status = reap(pid).map_err(sys("wait"))?;
+    let mut stdin_open = true;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // Once the process is gone, what it wrote is read until the master goes quiet: other
+        // processes of the container may still hold the terminal, and must not keep exec alive.
+        let timeout = match status {
+            Some(_) => PollTimeout::from(100u8),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = vec![
+            PollFd::new(master.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        if stdin_open && status.is_none() {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(sys("poll")(e)),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if ready[1] {
+            while let Ok(Some(sig)) = signals.read_signal() {
+                if sig.ssi_signo == Signal::SIGWINCH as u32 {
+                    // A failure to resize is no reason to cut the session.
+                    let _ = copy_size(&stdin, &master);
+                }
+            }
+            if status.is_none() {
+                status = reap(pid).map_err(sys("wait"))?;
+            }
+        }
+        if ready.get(2) == Some(&true) {
+            match (&stdin).read(&mut buf) {
+                Ok(0) => stdin_open = false,
+                // The process may be exiting: its terminal going away ends the input only.
+                Ok(n) => stdin_open = master.write_all(&buf[..n]).is_ok(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => stdin_open = false,
+            }
+        }
+        if ready[0] {
+            match master.read(&mut buf) {
+                // EIO: every holder of the terminal's slave side is gone.
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    // A closed stdout must not keep the process blocked on a full terminal:
+                    // the output is dropped, as the log writer does on a full disk.
+                    let _ = stdout.write_all(&buf[..n]).and_then(|()| stdout.flush());
+                }
+            }
+        }
+    }
+    match status {
+        Some(status) => Ok(status),
+        None => wait_for(pid).map_err(sys("wait")),
+    }
+}
+
+/// How `pid` ended, if it has; reaps (as the subreaper) any other child that exited too.
+fn reap(pid: Pid) -> Result<Option<ExitStatus>, nix::Error> {
+    let mut found = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => return Ok(found),
+            Ok(s) if s.pid() == Some(pid) => found = found.or(ExitStatus::from_wait(s)),
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Kills and deletes container `id` (its processes, cgroup and state), whatever state it is
@@ -404,15 +544,13 @@ fn wait_for(pid: Pid) -> Result<ExitStatus, nix::Error> {
     }
 }
 
+/// Error maker for an I/O operation `op` on `path`.
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ShimError + use<> {
+    let path = path.to_owned();
+    move |source| ShimError::Io { op, path, source }
+}
+
 fn write_exit(path: &Path, status: &ExitStatus) -> Result<(), ShimError> {
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_owned();
-        move |source| ShimError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(&serde_json::to_vec(status).expect("exit status serializes"))

@@ -20,8 +20,8 @@ struct Ran {
     stdout: String,
     stderr: String,
     lines: Vec<LogLine>,
-    /// Exit code and stdout of the exec, if one ran.
-    exec: Option<(i32, String)>,
+    /// Exit code and output of each exec, in order.
+    execs: Vec<(i32, String)>,
 }
 
 fn text(lines: &[LogLine], stream: Stream) -> String {
@@ -43,7 +43,67 @@ struct StopAfter {
     after: std::time::Duration,
     timeout: u64,
     /// Run with `skiff-shim exec` inside the container just before stopping it.
-    exec: &'static [&'static str],
+    execs: &'static [Exec],
+}
+
+/// A command for `skiff-shim exec`.
+struct Exec {
+    args: &'static [&'static str],
+    /// Run with `--tty`, the shim's stdio a terminal of the test's, with this typed into it.
+    tty: Option<&'static str>,
+}
+
+/// Runs `shim` (a `skiff-shim exec --tty`) with a new pty of 40 rows and 100 columns as its
+/// stdio, types `input`, and returns its exit code and everything it wrote (without the
+/// terminal's carriage returns). Checks that the shim restored the terminal's settings.
+fn in_pty(mut shim: Command, input: &str) -> (i32, String) {
+    use nix::pty::{Winsize, openpty};
+    use nix::sys::termios::tcgetattr;
+    use std::io::{Read, Write};
+
+    let size = Winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = openpty(Some(&size), None).unwrap();
+    let before = tcgetattr(&pty.master).unwrap();
+    shim.stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave);
+    let mut child = shim.spawn().unwrap();
+    // Without the test's copies of the slave, the master reads EIO once the shim is gone.
+    drop(shim);
+    let mut master = std::fs::File::from(pty.master);
+    master.write_all(input.as_bytes()).unwrap();
+    let mut reader = master.try_clone().unwrap();
+    let output = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out); // ends with EIO
+        out
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = String::from_utf8_lossy(&output.join().unwrap()).replace('\r', "");
+    let after = tcgetattr(&master).unwrap();
+    assert_eq!(
+        after.local_flags, before.local_flags,
+        "terminal restored: {out}"
+    );
+    assert_eq!(
+        after.input_flags, before.input_flags,
+        "terminal restored: {out}"
+    );
+    (status.code().unwrap_or(-1), out)
 }
 
 /// As `run_container`, inside a task cgroup with `limits`.
@@ -124,22 +184,28 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<Sto
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut exec = None;
+    let mut execs = Vec::new();
     if let Some(stop) = &stop {
         std::thread::sleep(stop.after);
-        if !stop.exec.is_empty() {
-            let out = Command::new(workspace_bin("skiff-shim"))
-                .arg("--state-root")
+        for exec in stop.execs {
+            let mut shim = Command::new(workspace_bin("skiff-shim"));
+            shim.arg("--state-root")
                 .arg(&state)
-                .args(["exec", "--id", name, "--"])
-                .args(stop.exec)
-                .output()
-                .unwrap();
-            exec = Some((
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            ));
+                .args(["exec", "--id", name]);
+            execs.push(match exec.tty {
+                None => {
+                    let out = shim.arg("--").args(exec.args).output().unwrap();
+                    (
+                        out.status.code().unwrap_or(-1),
+                        String::from_utf8_lossy(&out.stdout).into_owned()
+                            + &String::from_utf8_lossy(&out.stderr),
+                    )
+                }
+                Some(input) => {
+                    shim.args(["--tty", "--"]).args(exec.args);
+                    in_pty(shim, input)
+                }
+            });
         }
         sh(Command::new("kill").args(["-TERM", &child.id().to_string()])).unwrap();
     }
@@ -171,7 +237,7 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<Sto
         stdout: text(&lines, Stream::Stdout),
         stderr: text(&lines, Stream::Stderr),
         lines,
-        exec,
+        execs,
     }
 }
 
@@ -321,7 +387,7 @@ fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
         Some(StopAfter {
             after: std::time::Duration::from_millis(800),
             timeout: 5,
-            exec: &[],
+            execs: &[],
         }),
     );
     assert_eq!(ran.exit.exit_code, 3, "{}{}", ran.stdout, ran.stderr);
@@ -335,7 +401,7 @@ fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
         Some(StopAfter {
             after: std::time::Duration::from_millis(800),
             timeout: 2,
-            exec: &[],
+            execs: &[],
         }),
     );
     assert_eq!(
@@ -364,20 +430,68 @@ fn exec_runs_inside_the_running_container() {
         Some(StopAfter {
             after: std::time::Duration::from_millis(800),
             timeout: 5,
-            exec: &[
-                "sh",
-                "-c",
-                "busybox hostname; id -u; echo $FROM_DEF; cat /tmp/main.pid; exit 5",
-            ],
+            execs: &[Exec {
+                args: &[
+                    "sh",
+                    "-c",
+                    "busybox hostname; id -u; echo $FROM_DEF; cat /tmp/main.pid; exit 5",
+                ],
+                tty: None,
+            }],
         }),
     );
-    let (code, out) = ran.exec.expect("exec ran");
+    let (code, out) = &ran.execs[0];
     // Same UTS and PID namespaces, same user and environment, same filesystem; its own exit code.
     assert_eq!(out, "skiff-e2e-exec\n1000\nyes\n1\n", "exec output");
-    assert_eq!(code, 5);
+    assert_eq!(*code, 5);
     assert_eq!(
         ran.exit.exit_code, 0,
         "the container stopped on SIGTERM: {}{}",
         ran.stdout, ran.stderr
     );
+}
+
+#[test]
+fn exec_with_a_tty() {
+    if !privileged("exec_with_a_tty") {
+        return;
+    }
+    let ran = run_in_task(
+        "skiff-e2e-exec-tty",
+        r#"{"name":"c","image":"local/bb:1","user":"app","workingDirectory":"/tmp",
+            "command":["sh","-c","trap 'exit 0' TERM; while :; do sleep 0.1; done"]}"#,
+        TaskLimits::default(),
+        Some(StopAfter {
+            after: std::time::Duration::from_millis(800),
+            timeout: 5,
+            execs: &[
+                Exec {
+                    args: &[
+                        "sh",
+                        "-c",
+                        "tty; test -t 0 && echo isatty; id -u; pwd; exit 3",
+                    ],
+                    tty: Some(""),
+                },
+                // Typed after the shim has copied its terminal's size to the container's.
+                Exec {
+                    args: &["sh"],
+                    tty: Some("stty size\necho hello-$((1+2))\nexit 5\n"),
+                },
+            ],
+        }),
+    );
+    let (code, out) = &ran.execs[0];
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("/dev/pts/"),
+        "a terminal of the container's devpts: {out}"
+    );
+    assert_eq!(lines[1..], ["isatty", "1000", "/tmp"], "{out}");
+    assert_eq!(*code, 3, "{out}");
+    let (code, out) = &ran.execs[1];
+    assert!(out.contains("\n40 100\n"), "window size copied: {out}");
+    assert!(out.contains("\nhello-3\n"), "{out}");
+    assert_eq!(*code, 5, "{out}");
+    assert_eq!(ran.exit.exit_code, 0, "{}{}", ran.stdout, ran.stderr);
 }

@@ -56,6 +56,9 @@ enum Cmd {
         /// Container id.
         #[arg(long)]
         id: String,
+        /// Give the command a terminal, relayed to this one (docker exec -t).
+        #[arg(long, short)]
+        tty: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         args: Vec<String>,
@@ -121,7 +124,7 @@ fn main() -> std::process::ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Cmd::Exec { id, args } => match exec(&id, &a.state_root, args) {
+        Cmd::Exec { id, tty, args } => match exec(&id, &a.state_root, args, tty) {
             Ok(status) => std::process::ExitCode::from(status.exit_code.clamp(0, 255) as u8),
             Err(e) => fail(&e),
         },
