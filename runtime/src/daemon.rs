@@ -24,9 +24,9 @@ use crate::taskdef::{TaskDefinition, TaskDefinitionError};
 /// Errors of the task service.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The task definition was refused.
-    #[error("invalid task definition: {0}")]
-    InvalidTaskDefinition(#[from] TaskDefinitionError),
+    /// The task definition was refused (its error says `task definition: <field>: <why>`).
+    #[error("invalid {0}")]
+    InvalidTaskDefinition(TaskDefinitionError),
     /// No task has this id (or unique id prefix).
     #[error("no task {0}")]
     NoSuchTask(String),
@@ -59,7 +59,7 @@ pub enum DaemonError {
     #[error("image store: {0}")]
     Images(String),
     /// The seccomp profile could not be read.
-    #[error("reading seccomp profile {path}: {source}")]
+    #[error("reading seccomp profile {path}")]
     Seccomp {
         /// The profile.
         path: PathBuf,
@@ -239,7 +239,8 @@ impl Daemon {
     /// Starts a task from the JSON of a task definition (as `register-task-definition` takes
     /// it). Returns its record in PROVISIONING; the task proceeds in the background.
     pub fn run_task(&self, definition: &str) -> Result<TaskRecord, DaemonError> {
-        let def = TaskDefinition::from_json(definition)?;
+        let def =
+            TaskDefinition::from_json(definition).map_err(DaemonError::InvalidTaskDefinition)?;
         let task_id = new_task_id();
         let containers = def
             .container_definitions

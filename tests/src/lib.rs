@@ -949,7 +949,7 @@ impl Skiffd {
         fs::write(
             &config,
             format!(
-                "root = {root:?}\nrun_dir = {run_dir:?}\nimages_config = {images:?}\ncgroup_parent = {cgroup_parent:?}\n{extra}\n"
+                "root = {root:?}\nrun_dir = {run_dir:?}\nimages_config = {images:?}\ncgroup_parent = {cgroup_parent:?}\nimage_pull_behavior = \"prefer-cached\"\n{extra}\n"
             ),
         )
         .expect("write skiffd.toml");
@@ -1179,11 +1179,11 @@ impl Skiffd {
 
 impl Drop for Skiffd {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            if let Ok(out) = self.cmd(&["task", "ls", "-q"]).output() {
-                for id in String::from_utf8_lossy(&out.stdout).lines() {
-                    let _ = self.cmd(&["task", "stop", id]).output();
-                }
+        if self.child.is_some()
+            && let Ok(out) = self.cmd(&["task", "ls", "-q"]).output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = self.cmd(&["task", "stop", id]).output();
             }
         }
         self.kill9();

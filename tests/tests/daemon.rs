@@ -153,7 +153,7 @@ fn depends_on_conditions_and_health_checks() {
         return;
     }
     let d = Skiffd::start("");
-    let health = r#""healthCheck":{"command":["CMD-SHELL","test -f /tmp/ready"],"interval":1,"timeout":2,"retries":2}"#;
+    let health = r#""healthCheck":{"command":["CMD-SHELL","test -f /tmp/ready"],"interval":5,"timeout":2,"retries":2}"#;
     let id = d.run(
         &[
             bb("db", &format!(r#""command":["sh","-c","sleep 2; touch /tmp/ready; sleep 300"],{health}"#)),
@@ -162,7 +162,7 @@ fn depends_on_conditions_and_health_checks() {
             bb("app", r#""command":["sleep","300"],"dependsOn":[{"containerName":"db","condition":"HEALTHY"},{"containerName":"migrate","condition":"SUCCESS"},{"containerName":"warmup","condition":"COMPLETE"}]"#),
             bb("sidecar", r#""essential":false,"command":["sleep","300"],"dependsOn":[{"containerName":"app","condition":"START"}]"#),
             bb("never", r#""essential":false,"command":["true"],"dependsOn":[{"containerName":"warmup","condition":"SUCCESS"}]"#),
-            bb("sick", r#""essential":false,"command":["sleep","300"],"healthCheck":{"command":["CMD","false"],"interval":1,"retries":2}"#),
+            bb("sick", r#""essential":false,"command":["sleep","300"],"healthCheck":{"command":["CMD","false"],"interval":5,"retries":2}"#),
         ]
         .join(","),
         true,
@@ -171,14 +171,25 @@ fn depends_on_conditions_and_health_checks() {
     let c = |n| Skiffd::container(&rec, n).clone();
     let started = |n| c(n)["startedAt"].as_f64().unwrap();
     assert_eq!(c("db")["healthStatus"], "HEALTHY", "{rec:#}");
-    assert!(started("app") >= started("db") + 2.0, "app started before db was healthy: {rec:#}");
+    assert!(
+        started("app") >= started("db") + 2.0,
+        "app started before db was healthy: {rec:#}"
+    );
     assert_eq!(c("migrate")["exitCode"], 0);
     assert_eq!(c("warmup")["exitCode"], 4);
     assert!(started("sidecar") >= started("app"));
     assert_eq!(c("never")["lastStatus"], "STOPPED");
-    assert!(c("never")["reason"].as_str().unwrap().contains("dependency warmup exited with code 4"), "{rec:#}");
+    assert!(
+        c("never")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("dependency warmup exited with code 4"),
+        "{rec:#}"
+    );
     assert!(c("never").get("startedAt").is_none());
-    let rec = d.wait_for(&id, 20, |r| Skiffd::container(r, "sick")["healthStatus"] == "UNHEALTHY");
+    let rec = d.wait_for(&id, 30, |r| {
+        Skiffd::container(r, "sick")["healthStatus"] == "UNHEALTHY"
+    });
     // Only essential containers make the task's health: db is.
     assert_eq!(rec["healthStatus"], "HEALTHY", "{rec:#}");
     d.ok(&["task", "stop", &id]);
@@ -192,7 +203,8 @@ fn restart_policy_restarts_in_place_unless_the_exit_code_is_ignored() {
     }
     let d = Skiffd::start("");
     // ECS's shortest restartAttemptPeriod is 60 s: a container must have run that long.
-    let policy = r#""restartPolicy":{"enabled":true,"ignoredExitCodes":[0],"restartAttemptPeriod":60}"#;
+    let policy =
+        r#""restartPolicy":{"enabled":true,"ignoredExitCodes":[0],"restartAttemptPeriod":60}"#;
     let id = d.run(
         &[
             bb("worker", &format!(r#""command":["sh","-c","echo run; sleep 61; if [ -f /tmp/again ]; then exit 0; fi; touch /tmp/again; exit 9"],{policy}"#)),
@@ -202,8 +214,14 @@ fn restart_policy_restarts_in_place_unless_the_exit_code_is_ignored() {
         false,
     );
     // quick failed fast: not restarted.
-    let rec = d.wait_for(&id, 10, |r| Skiffd::container(r, "quick")["lastStatus"] == "STOPPED");
-    assert_eq!(Skiffd::container(&rec, "quick")["restartCount"], 0, "{rec:#}");
+    let rec = d.wait_for(&id, 10, |r| {
+        Skiffd::container(r, "quick")["lastStatus"] == "STOPPED"
+    });
+    assert_eq!(
+        Skiffd::container(&rec, "quick")["restartCount"],
+        0,
+        "{rec:#}"
+    );
     // worker ran 61 s and exited 9: restarted in place (its writable layer kept), then exited 0,
     // which is ignored: the essential container stays exited and the task stops.
     let rec = d.wait_for(&id, 150, |r| r["lastStatus"] == "STOPPED");
@@ -223,13 +241,34 @@ fn exec_runs_in_the_container_and_logs_follow() {
         &bb("web", r#""user":"app","hostname":"webhost","command":["sh","-c","i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); sleep 1; done; sleep 300"]"#),
         false,
     );
-    let out = d.cmd(&["exec", &id, "web", "--", "sh", "-c", "hostname; id -u; exit 4"]).output().unwrap();
+    let out = d
+        .cmd(&[
+            "exec",
+            &id,
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "hostname; id -u; exit 4",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "webhost\n1000\n");
-    let err = d.cmd(&["exec", &id, "nope", "--", "true"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&err.stderr).contains("has no container nope"), "{err:?}");
+    let err = d
+        .cmd(&["exec", &id, "nope", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("has no container nope"),
+        "{err:?}"
+    );
     // Follow: lines arrive as written, and the stream ends when the container stops.
-    let mut follow = d.cmd(&["logs", "-f", &id]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut follow = d
+        .cmd(&["logs", "-f", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
     for want in ["tick0", "tick1", "tick2"] {
         assert_eq!(lines.next().unwrap().unwrap(), want);
@@ -246,10 +285,18 @@ fn kill_9_skiffd_loses_no_task_and_no_exit() {
     }
     let mut d = Skiffd::start("");
     let long = d.run(&bb("main", r#""stopTimeout":2,"command":["sh","-c","trap 'exit 0' TERM; while true; do sleep 0.1; done"]"#), false);
-    let short = d.run(&bb("main", r#""command":["sh","-c","sleep 2; exit 5"]"#), false);
+    let short = d.run(
+        &bb("main", r#""command":["sh","-c","sleep 2; exit 5"]"#),
+        false,
+    );
     let oom = d.run_def(
-        &format!(r#"{{"family":"oom","networkMode":"none","memory":"32","containerDefinitions":[{}]}}"#,
-            bb("hog", r#""command":["sh","-c","sleep 2; x=a; while true; do x=$x$x; done"]"#)),
+        &format!(
+            r#"{{"family":"oom","networkMode":"none","memory":"32","containerDefinitions":[{}]}}"#,
+            bb(
+                "hog",
+                r#""command":["sh","-c","sleep 2; x=a; while true; do x=$x$x; done"]"#
+            )
+        ),
         false,
     );
     let pid_before = Skiffd::container(&d.describe(&long), "main")["pid"].clone();
@@ -262,7 +309,10 @@ fn kill_9_skiffd_loses_no_task_and_no_exit() {
     let rec = d.wait_stopped(&oom);
     let hog = Skiffd::container(&rec, "hog");
     assert_eq!(hog["exitCode"], 137, "{rec:#}");
-    assert!(hog["reason"].as_str().unwrap().contains("OutOfMemoryError"), "{rec:#}");
+    assert!(
+        hog["reason"].as_str().unwrap().contains("OutOfMemoryError"),
+        "{rec:#}"
+    );
     // The long one runs on, the same process, and can still be stopped.
     let rec = d.describe(&long);
     assert_eq!(rec["lastStatus"], "RUNNING", "{rec:#}");
@@ -299,15 +349,19 @@ fn two_hundred_start_stop_cycles_leave_nothing_behind() {
     std::fs::write(
         &def,
         format!(r#"{{"family":"cycle","networkMode":"none","memory":"64","volumes":[{{"name":"scratch"}}],"containerDefinitions":[{}]}}"#,
-            bb("main", r#""command":["sleep","300"],"stopTimeout":1,"mountPoints":[{"sourceVolume":"scratch","containerPath":"/data"}]"#)),
+            bb("main", r#""command":["sh","-c","trap 'exit 0' TERM; while [ ! -f /data/stop ]; do sleep 0.05; done"],"mountPoints":[{"sourceVolume":"scratch","containerPath":"/data"}]"#)),
     )
     .unwrap();
+    // Half stopped through the API, half exiting on their own (told to through exec).
     for i in 0..200 {
-        let id = d.ok(&["task", "run", "-f", def.to_str().unwrap()]).trim().to_owned();
+        let id = d
+            .ok(&["task", "run", "-f", def.to_str().unwrap()])
+            .trim()
+            .to_owned();
         if i % 2 == 0 {
             d.ok(&["task", "stop", &id]);
         } else {
-            d.ok(&["exec", &id, "main", "--", "kill", "1"]);
+            d.ok(&["exec", &id, "main", "--", "sh", "-c", "echo > /data/stop"]);
             d.wait_stopped(&id);
         }
         d.ok(&["task", "rm", &id]);
@@ -317,6 +371,13 @@ fn two_hundred_start_stop_cycles_leave_nothing_behind() {
     let tasks: Vec<_> = std::fs::read_dir(d.root.join("tasks")).unwrap().collect();
     assert!(tasks.is_empty(), "{tasks:?}");
     // No shim or container process of this node is left.
-    let ps = std::process::Command::new("pgrep").args(["-f", d.run_dir.to_str().unwrap()]).output().unwrap();
-    assert!(ps.stdout.is_empty(), "{}", String::from_utf8_lossy(&ps.stdout));
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", d.run_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
 }
