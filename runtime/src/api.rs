@@ -10,6 +10,10 @@
 //! | `DELETE /v1/tasks/{id}`                  | forget a stopped task                         |
 //! | `GET /v1/tasks/{id}/logs?container=&tail=&follow=` | json-file lines, NDJSON, streamed   |
 //! | `GET /v1/tasks/{id}/containers/{name}/exec` | where to exec (the CLI runs the shim)      |
+//! | `GET /v1/tasks/{id}/stats`               | cpu, memory, pids of the task and containers  |
+//!
+//! [`serve_metrics`] serves `GET /metrics` (Prometheus text) on a loopback TCP address, when the
+//! node config asks for it: nothing listens on TCP by default.
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input), 404 (no such thing), 409 (wrong state).
 
@@ -79,6 +83,7 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/v1/tasks/{id}/stop", post(stop))
         .route("/v1/tasks/{id}/logs", get(logs))
         .route("/v1/tasks/{id}/containers/{name}/exec", get(exec_target))
+        .route("/v1/tasks/{id}/stats", get(stats))
         .with_state(daemon)
 }
 
@@ -198,6 +203,37 @@ async fn logs(
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(stream))
         .expect("static response parts"))
+}
+
+async fn stats(
+    State(d): State<Daemon>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<crate::stats::TaskStats> {
+    Ok(axum::Json(d.stats(&id)?))
+}
+
+/// Serves `GET /metrics` on `addr` (the config only allows loopback addresses).
+pub async fn serve_metrics(daemon: Daemon, addr: std::net::SocketAddr) -> Result<(), ApiError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind {
+            path: addr.to_string().into(),
+            source,
+        })?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(d): State<Daemon>| async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    tokio::task::spawn_blocking(move || d.metrics())
+                        .await
+                        .unwrap_or_default(),
+                )
+            }),
+        )
+        .with_state(daemon);
+    axum::serve(listener, app).await.map_err(ApiError::Serve)
 }
 
 async fn exec_target(

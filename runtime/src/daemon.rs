@@ -6,7 +6,7 @@
 //! task: containers, root filesystems and cgroups left by tasks whose record is gone or stopped.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use skiff_images::{Images, ImagesConfig, Store};
@@ -19,6 +19,7 @@ use crate::orchestration::Health;
 use crate::provision::{ContainerFiles, Host};
 use crate::record::{ContainerRecord, ContainerStatus, RecordError, Records, TaskRecord, now};
 use crate::runner::{Event, Runner};
+use crate::stats::{self, TaskStats};
 use crate::taskdef::{TaskDefinition, TaskDefinitionError};
 
 /// Errors of the task service.
@@ -137,7 +138,7 @@ impl Daemon {
         });
         let host = Arc::new(Host {
             images: Images::new(store, images_cfg),
-            layout: Layout::detect(std::path::Path::new(CGROUP_ROOT)),
+            layout: Layout::detect(Path::new(CGROUP_ROOT)),
             cgroup_parent: cfg.cgroup_parent.clone(),
             pull_policy: cfg.image_pull_behavior,
             seccomp_profile,
@@ -400,6 +401,50 @@ impl Daemon {
         let dir = ContainerFiles::new(&self.records.task_dir(&rec.task_id), &c.name).logs();
         let state = self.with_handle(&rec.task_id, |h| h.state.clone())?;
         Ok((dir, state, c.name))
+    }
+
+    /// Task `id`'s resource use: its cgroup's and each running container's.
+    pub fn stats(&self, id: &str) -> Result<TaskStats, DaemonError> {
+        let rec = self.describe(id)?;
+        let not_running = || DaemonError::NotRunning {
+            task: rec.task_id.clone(),
+            container: "(any)".into(),
+        };
+        let cgroup = rec
+            .cgroup
+            .as_deref()
+            .filter(|_| !matches!(rec.status, TaskStatus::Stopped(_)))
+            .ok_or_else(not_running)?;
+        let layout = &self.host.layout;
+        let task = stats::read(layout, Path::new(cgroup)).map_err(|_| not_running())?;
+        let containers = rec
+            .containers
+            .iter()
+            .filter(|c| c.last_status == ContainerStatus::Running)
+            .filter_map(|c| {
+                let rel = Path::new(cgroup).join(&c.name);
+                stats::read(layout, &rel).ok().map(|s| (c.name.clone(), s))
+            })
+            .collect();
+        Ok(TaskStats {
+            task_id: rec.task_id.clone(),
+            family: rec.task_definition.family.clone(),
+            // Standalone tasks have no registered revision; the control plane's do (issue 6).
+            revision: 0,
+            task,
+            containers,
+        })
+    }
+
+    /// Stats of every task that is not stopped, in Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        let samples: Vec<TaskStats> = self
+            .list()
+            .iter()
+            .filter(|r| !matches!(r.status, TaskStatus::Stopped(_)))
+            .filter_map(|r| self.stats(&r.task_id).ok())
+            .collect();
+        stats::render(&samples)
     }
 
     /// Where to exec in a running container.

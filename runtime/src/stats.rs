@@ -55,7 +55,8 @@ pub enum StatsError {
 }
 
 /// CPU time of a cgroup, nanoseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CpuStats {
     /// Total cpu time consumed.
     pub usage_ns: Option<u64>,
@@ -72,7 +73,8 @@ pub struct CpuStats {
 }
 
 /// Memory of a cgroup, bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MemoryStats {
     /// Current usage, page cache included.
     pub usage: Option<u64>,
@@ -93,7 +95,8 @@ impl MemoryStats {
 }
 
 /// Processes of a cgroup.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PidsStats {
     /// Tasks (threads included) in the cgroup and its descendants.
     pub current: Option<u64>,
@@ -102,7 +105,8 @@ pub struct PidsStats {
 }
 
 /// Everything read from one cgroup.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CgroupStats {
     /// CPU time.
     pub cpu: CpuStats,
@@ -283,7 +287,8 @@ pub fn cpu_percent(prev: &CgroupStats, cur: &CgroupStats, elapsed: Duration) -> 
 }
 
 /// One task's sample for [`render`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskStats {
     /// The task id.
     pub task_id: String,

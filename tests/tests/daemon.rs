@@ -381,3 +381,66 @@ fn two_hundred_start_stop_cycles_leave_nothing_behind() {
         String::from_utf8_lossy(&ps.stdout)
     );
 }
+
+#[test]
+fn stats_and_the_prometheus_endpoint() {
+    if !privileged("stats_and_the_prometheus_endpoint") {
+        return;
+    }
+    let port = free_port();
+    let d = Skiffd::start(&format!("metrics_address = \"127.0.0.1:{port}\""));
+    let id = d.run_def(
+        &format!(
+            r#"{{"family":"busy","networkMode":"none","memory":"128","containerDefinitions":[{},{}]}}"#,
+            bb("spin", r#""stopTimeout":2,"command":["sh","-c","while true; do :; done"]"#),
+            bb("idle", r#""stopTimeout":2,"essential":false,"command":["sleep","300"]"#)
+        ),
+        false,
+    );
+    let out = d.ok(&["stats", "--no-stream", &id]);
+    let spin = out
+        .lines()
+        .find(|l| l.starts_with("spin"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cpu: f64 = spin
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(cpu > 20.0, "a busy loop uses a core: {out}");
+    let task = out.lines().find(|l| l.starts_with("(task)")).unwrap();
+    assert!(task.contains("/ 128.0MiB"), "{out}");
+    // The metrics endpoint, scraped over loopback as Prometheus would.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let metric = |name: &str, container: &str| -> f64 {
+        body.lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains(&format!("task_id=\"{id}\""))
+                    && (container.is_empty() || l.contains(&format!("container=\"{container}\"")))
+            })
+            .unwrap_or_else(|| panic!("{name} {container}: {body}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(metric("skiff_container_cpu_usage_seconds_total", "spin") > 0.1);
+    assert_eq!(
+        metric("skiff_task_memory_limit_bytes", ""),
+        128.0 * 1048576.0
+    );
+    assert!(metric("skiff_container_pids", "idle") >= 1.0);
+    d.ok(&["task", "stop", &id]);
+}

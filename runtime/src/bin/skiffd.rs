@@ -45,7 +45,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         let socket = cfg.socket();
+        let metrics = cfg.metrics_address;
         let daemon = Daemon::start(cfg).await?;
+        if let Some(addr) = metrics {
+            let d = daemon.clone();
+            tokio::spawn(async move {
+                if let Err(e) = skiff_runtime::api::serve_metrics(d, addr).await {
+                    tracing::error!(error = %format!("{e:#}"), "metrics endpoint");
+                }
+            });
+        }
         let pruner = daemon.clone();
         tokio::spawn(async move {
             loop {

@@ -45,6 +45,13 @@ enum Command {
         #[command(flatten)]
         args: task::LogsArgs,
     },
+    /// Show a task's cpu, memory and pids use, per container.
+    Stats {
+        #[command(flatten)]
+        api: task::Api,
+        #[command(flatten)]
+        args: task::StatsArgs,
+    },
     /// Run a command in a running container.
     Exec {
         #[command(flatten)]
@@ -71,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Command::Task { api, command } => task::run(&api, command),
         Command::Logs { api, args } => task::logs(&api, args).map(|()| 0),
         Command::Exec { api, args } => task::exec(&api, args),
+        Command::Stats { api, args } => task::stats(&api, args).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

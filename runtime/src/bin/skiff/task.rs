@@ -90,6 +90,15 @@ pub struct LogsArgs {
 }
 
 #[derive(Args)]
+pub struct StatsArgs {
+    /// Print one sample (taken over a second) and exit.
+    #[arg(long)]
+    no_stream: bool,
+    /// Task id (or unique prefix).
+    id: String,
+}
+
+#[derive(Args)]
 pub struct ExecArgs {
     /// Allocate a terminal.
     #[arg(short, long)]
@@ -287,4 +296,55 @@ pub fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<u8> {
         .status()
         .with_context(|| format!("running {}", target.shim.display()))?;
     Ok(status.code().map_or(128, |c| c.clamp(0, 255) as u8))
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.1}MiB", b as f64 / 1048576.0))
+}
+
+/// `skiff stats`: samples the task's stats every second (cpu % needs two samples).
+pub fn stats(api: &Api, a: StatsArgs) -> anyhow::Result<()> {
+    use skiff_runtime::stats::{CgroupStats, TaskStats, cpu_percent};
+    let client = Client::new(&api.socket);
+    let path = format!("/v1/tasks/{}/stats", a.id);
+    let rt = runtime()?;
+    let sample = || -> anyhow::Result<(TaskStats, std::time::Instant)> {
+        let s = rt.block_on(client.call(Method::GET, &path, Bytes::new()))?;
+        Ok((s, std::time::Instant::now()))
+    };
+    let row = |name: &str, prev: Option<&CgroupStats>, cur: &CgroupStats, dt| {
+        let cpu = prev
+            .and_then(|p| cpu_percent(p, cur, dt))
+            .map_or("-".into(), |c| format!("{c:.2}%"));
+        let pids = cur.pids.current.map_or("-".into(), |p| p.to_string());
+        println!(
+            "{name:<24}  {cpu:>8}  {:>10} / {:<10}  {pids:>5}",
+            mib(cur.memory.working_set().or(cur.memory.usage)),
+            mib(cur.memory.limit)
+        );
+    };
+    let (mut prev, mut at) = sample()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let (cur, now) = sample()?;
+        let dt = now - at;
+        println!(
+            "{:<24}  {:>8}  {:>23}  {:>5}",
+            "CONTAINER", "CPU %", "MEM USAGE / LIMIT", "PIDS"
+        );
+        for (name, s) in &cur.containers {
+            let p = prev
+                .containers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s);
+            row(name, p, s, dt);
+        }
+        row("(task)", Some(&prev.task), &cur.task, dt);
+        if a.no_stream {
+            return Ok(());
+        }
+        println!();
+        (prev, at) = (cur, now);
+    }
 }
