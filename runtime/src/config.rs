@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub allow_privileged: bool,
     /// The seccomp profile containers get (Docker's default, as packaged by Debian).
     pub seccomp_profile: PathBuf,
+    /// Most processes a container may have (ECS has no setting for it; podman's default): a
+    /// fork bomb in one container must not take the node. 0: unlimited.
+    pub container_pids_limit: i64,
     /// The init that `initProcessEnabled` runs as PID 1 (Docker's is tini).
     pub init_binary: PathBuf,
     /// The shim binary; default: `skiff-shim` next to skiffd.
@@ -79,6 +82,7 @@ impl Default for NodeConfig {
             image_pull_behavior: PullPolicy::Default,
             allow_privileged: false,
             seccomp_profile: PathBuf::from(crate::seccomp::DEFAULT_PROFILE),
+            container_pids_limit: 2048,
             init_binary: PathBuf::from(crate::spec::DEFAULT_INIT_BINARY),
             shim: None,
             stopped_task_retention: Duration::from_secs(3600),

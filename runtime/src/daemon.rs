@@ -143,6 +143,7 @@ impl Daemon {
             pull_policy: cfg.image_pull_behavior,
             seccomp_profile,
             allow_privileged: cfg.allow_privileged,
+            pids_limit: (cfg.container_pids_limit > 0).then_some(cfg.container_pids_limit),
             shim,
             state_root: cfg.containers_state(),
             node_volumes: cfg.volumes_dir(),

@@ -96,6 +96,8 @@ pub struct Host {
     pub seccomp_profile: String,
     /// Whether `privileged` is honoured.
     pub allow_privileged: bool,
+    /// Per-container process limit, if any.
+    pub pids_limit: Option<i64>,
     /// The shim binary.
     pub shim: PathBuf,
     /// libcontainer's state root.
@@ -211,7 +213,7 @@ pub async fn provision(
             env_files: &env_files,
             mounts: volumes.mounts_for(&def, c)?,
             init_binary: Some(&host.init_binary),
-            pids_limit: None,
+            pids_limit: host.pids_limit,
             allow_privileged: host.allow_privileged,
             seccomp_profile: Some(&host.seccomp_profile),
         })?;

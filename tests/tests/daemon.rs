@@ -444,3 +444,82 @@ fn stats_and_the_prometheus_endpoint() {
     assert!(metric("skiff_container_pids", "idle") >= 1.0);
     d.ok(&["task", "stop", &id]);
 }
+
+/// A cgroup v1 file of this node's task `id` (container `c`, when given).
+fn cgroup_file(d: &Skiffd, ctrl: &str, id: &str, c: Option<&str>, file: &str) -> String {
+    let mut p = std::path::PathBuf::from("/sys/fs/cgroup")
+        .join(ctrl)
+        .join(&d.cgroup_parent)
+        .join(id);
+    if let Some(c) = c {
+        p.push(c);
+    }
+    std::fs::read_to_string(p.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.join(file).display()))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn cgroup_limits_are_written_and_enforced() {
+    if !privileged("cgroup_limits_are_written_and_enforced") {
+        return;
+    }
+    if !std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        // cgroup v2 hosts are covered by tests/tests/cgroup2_vm.rs.
+        eprintln!(
+            "cgroup_limits_are_written_and_enforced: checks cgroup v1 files; this host is v2"
+        );
+        return;
+    }
+    let d = Skiffd::start("container_pids_limit = 12");
+    let id = d.run_def(
+        &format!(
+            r#"{{"family":"limits","networkMode":"none","cpu":"512","memory":"256","containerDefinitions":[{}]}}"#,
+            bb("app", r#""cpu":256,"memory":64,"memoryReservation":32,"stopTimeout":2,"command":["sleep","300"]"#)
+        ),
+        false,
+    );
+    // The task: cpu as a CFS quota (512 units = half a core) and shares, memory hard limit.
+    assert_eq!(
+        cgroup_file(&d, "cpu", &id, None, "cpu.cfs_quota_us"),
+        "50000"
+    );
+    assert_eq!(cgroup_file(&d, "cpu", &id, None, "cpu.shares"), "512");
+    assert_eq!(
+        cgroup_file(&d, "memory", &id, None, "memory.limit_in_bytes"),
+        (256u64 << 20).to_string()
+    );
+    // The container: its shares, hard and soft memory limits, the node's pids limit.
+    assert_eq!(
+        cgroup_file(&d, "cpu", &id, Some("app"), "cpu.shares"),
+        "256"
+    );
+    assert_eq!(
+        cgroup_file(&d, "memory", &id, Some("app"), "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(
+        cgroup_file(&d, "memory", &id, Some("app"), "memory.soft_limit_in_bytes"),
+        (32u64 << 20).to_string()
+    );
+    assert_eq!(cgroup_file(&d, "pids", &id, Some("app"), "pids.max"), "12");
+    // Forks beyond the limit fail inside the container (an exec'd shell counts too).
+    let fork = "i=0; while [ $i -lt 30 ]; do sleep 60 >/dev/null 2>&1 & i=$((i+1)); done";
+    let out = d
+        .cmd(&["exec", &id, "app", "--", "sh", "-c", fork])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("can't fork"),
+        "{out:?}"
+    );
+    // sleep 300, the exec'd shell and 10 sleeps made 12; the shell is gone now.
+    assert_eq!(
+        cgroup_file(&d, "pids", &id, Some("app"), "pids.current"),
+        "11"
+    );
+    d.ok(&["task", "stop", &id]);
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+}
