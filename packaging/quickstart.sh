@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Skiff quick start on a fresh Debian 12 machine, as root. Safe to run again.
 #
-# What it does, as far as Skiff exists today (images/):
-#   1. installs build and runtime dependencies, builds Skiff (release) and installs `skiff`;
+# What it does, as far as Skiff exists today (images/, runtime/):
+#   1. installs build and runtime dependencies, builds Skiff (release) and installs `skiff`,
+#      `skiffd` and `skiff-shim` in /usr/local/bin;
 #   2. starts a local registry (Debian's docker-registry) on 127.0.0.1:5055;
 #   3. builds a sample image from Debian's busybox-static (GNU tar + umoci), pushes it with skopeo;
-#   4. pulls it with `skiff image pull` into /var/lib/skiff, lists it, mounts its root
-#      filesystem and runs busybox in it, then unmounts.
+#   4. pulls it with `skiff image pull` into /var/lib/skiff and lists it;
+#   5. starts skiffd (standalone: no control plane yet) unless it runs, and runs the sample task
+#      packaging/examples/hello-task.json (a one-shot setup container, then an app container with
+#      a health check, sharing a scratch volume), replacing the one a previous run started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "quickstart: run as root (sudo $0)" >&2; exit 1; }
@@ -21,7 +24,7 @@ echo "== dependencies"
 
 echo "== build"
 cargo build --release --workspace --quiet
-install -m 0755 "$CARGO_TARGET_DIR/release/skiff" /usr/local/bin/skiff
+for b in skiff skiffd skiff-shim; do install -m 0755 "$CARGO_TARGET_DIR/release/$b" "/usr/local/bin/$b"; done
 
 echo "== configuration"
 mkdir -p /etc/skiff
@@ -48,7 +51,7 @@ echo "== sample image from busybox-static"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"
 cp /bin/busybox "$work/rootfs/bin/busybox"
-for a in sh echo cat ls uname id sleep; do ln -s busybox "$work/rootfs/bin/$a"; done
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$work/rootfs/bin/$a"; done
 echo 'root:x:0:0:root:/root:/bin/sh' > "$work/rootfs/etc/passwd"
 echo 'Hello from a Skiff sample image' > "$work/rootfs/etc/motd"
 umoci init --layout "$work/layout"
@@ -63,16 +66,31 @@ echo "== skiff image pull $IMAGE"
 skiff image pull "$IMAGE"
 echo "== skiff image ls"
 skiff image ls
-echo "== run busybox in the image's root filesystem"
-rootfs=$(skiff image mount "$IMAGE" quickstart-demo)
-trap 'skiff image unmount quickstart-demo; rm -rf "$work"' EXIT
-chroot "$rootfs" /bin/sh -c 'cat /etc/motd; uname -m'
+echo "== skiffd"
+if ! skiff task ls >/dev/null 2>&1; then
+  mkdir -p /var/log/skiff
+  setsid nohup skiffd >> /var/log/skiff/skiffd.log 2>&1 < /dev/null &
+  for _ in $(seq 100); do skiff task ls >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+for old in $(skiff task ls | awk '$2 == "hello" {print $1}'); do skiff task stop "$old" >/dev/null; done
+echo "== skiff task run -f packaging/examples/hello-task.json"
+task=$(skiff task run -f packaging/examples/hello-task.json)
+sleep 6
+skiff task ls
+echo "== skiff logs $task app"
+skiff logs "$task" app
+echo "== skiff exec $task app -- cat /data/state"
+skiff exec "$task" app -- cat /data/state
 
 cat <<TXT
 
-Done. The sample image is in Skiff's store (/var/lib/skiff), served by the registry at $REG.
+Done. The sample image is in Skiff's store (/var/lib/skiff), served by the registry at $REG;
+skiffd runs (log: /var/log/skiff/skiffd.log) and so does task $task.
 Try next:
+  skiff task describe $task
+  skiff logs -f $task app
+  skiff stats $task
+  skiff exec -t $task app -- sh
+  skiff task stop $task
   skiff image inspect $IMAGE
-  skiff image prune --dry-run
-  skiff image verify
 TXT

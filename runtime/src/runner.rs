@@ -173,10 +173,13 @@ impl Runner {
             .containers
             .iter()
             .filter(|c| c.last_status == ContainerStatus::Running)
-            .map(|c| (c.name.clone(), c.shim, c.restart_count))
+            .map(|c| (c.name.clone(), c.shim, c.restart_count, c.started_at))
             .collect();
-        for (name, shim, run) in running {
-            self.started.insert(name.clone(), Instant::now());
+        for (name, shim, run, started_at) in running {
+            // When it really started, for restartAttemptPeriod and startPeriod.
+            let ago = Duration::from_secs_f64((now() - started_at.unwrap_or_else(now)).max(0.0));
+            let started = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+            self.started.insert(name.clone(), started);
             match shim.and_then(|s| Watched::open(s.pid, Some(s.start_time))) {
                 Some(w) => self.watch(&name, run, w),
                 None => {
