@@ -28,6 +28,7 @@ use crate::process::Watched;
 use crate::provision::{self, ContainerFiles, Host};
 use crate::record::{ContainerStatus, Records, TaskRecord, now};
 use crate::shim::ExitStatus;
+use crate::taskdef::ContainerDefinition;
 
 /// What happens to a task.
 #[derive(Debug)]
@@ -199,14 +200,7 @@ impl Runner {
             shim.exited().await;
             let _ = tx.send(Event::Exited { name: n, run });
         });
-        let def = self
-            .rec
-            .task_definition
-            .container_definitions
-            .iter()
-            .find(|c| c.name == name)
-            .and_then(|c| c.health_check.clone());
-        if let Some(check) = def {
+        if let Some(check) = self.definition(name).health_check {
             let settings = HealthSettings::from_def(&check);
             let runtime_id = self.rec.container(name).map(|c| c.runtime_id.clone());
             let checker = tokio::spawn(health_checks(
@@ -224,6 +218,17 @@ impl Runner {
                 old.abort();
             }
         }
+    }
+
+    /// Container `name`'s definition (every record has one).
+    fn definition(&self, name: &str) -> ContainerDefinition {
+        self.rec
+            .task_definition
+            .container_definitions
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+            .expect("a definition per record")
     }
 
     fn stopping(&self) -> bool {
@@ -286,14 +291,7 @@ impl Runner {
     }
 
     async fn start_container(&mut self, name: &str) -> Result<(), String> {
-        let def = self
-            .rec
-            .task_definition
-            .container_definitions
-            .iter()
-            .find(|c| c.name == name)
-            .cloned()
-            .expect("a definition per record");
+        let def = self.definition(name);
         let runtime_id = self.rec.container(name).expect("record").runtime_id.clone();
         let files = ContainerFiles::new(&self.task_dir(), name);
         let (shim, pid) = provision::start(&self.host, &def, &runtime_id, &files)
@@ -484,14 +482,7 @@ impl Runner {
             .started
             .get(name)
             .map_or(Duration::ZERO, Instant::elapsed);
-        let def = self
-            .rec
-            .task_definition
-            .container_definitions
-            .iter()
-            .find(|c| c.name == name)
-            .cloned()
-            .expect("a definition per record");
+        let def = self.definition(name);
         let r = self.rec.container_mut(name).expect("record");
         r.last_status = ContainerStatus::Stopped;
         r.shim = None;

@@ -911,6 +911,20 @@ pub fn busybox_layer() -> Vec<u8> {
         .finish()
 }
 
+/// Writes the busybox test image ([`busybox_layer`]) as an OCI layout at `dir`, tag `1`.
+pub fn write_busybox_layout(dir: &Path) {
+    write_layout(
+        dir,
+        "1",
+        &[ImageSpec {
+            arch: "amd64".into(),
+            variant: None,
+            layers: vec![(busybox_layer(), Compression::Gzip)],
+        }],
+    )
+    .expect("write image layout");
+}
+
 /// A skiffd of its own (state, socket, cgroup parent) started from the workspace's binary,
 /// with the busybox test image loaded as `local/bb:1`. On drop it stops its tasks, kills skiffd
 /// and removes what is left (the cgroup parent), so tests leave nothing behind.
@@ -962,16 +976,7 @@ impl Skiffd {
             child: None,
         };
         let layout = d.dir.path().join("layout");
-        write_layout(
-            &layout,
-            "1",
-            &[ImageSpec {
-                arch: "amd64".into(),
-                variant: None,
-                layers: vec![(busybox_layer(), Compression::Gzip)],
-            }],
-        )
-        .expect("write image layout");
+        write_busybox_layout(&layout);
         let out = Command::new(workspace_bin("skiff"))
             .args(["image", "load", "--name", "local/bb"])
             .arg(&layout)

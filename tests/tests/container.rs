@@ -12,9 +12,6 @@ use skiff_runtime::spec::{ImageRunConfig, SpecInputs, build_spec};
 use skiff_runtime::taskdef::TaskDefinition;
 use skiff_tests::*;
 
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
-const GROUP: &str = "root:x:0:\napp:x:1000:\nstaff:x:50:app\n";
-
 struct Ran {
     exit: ExitStatus,
     stdout: String,
@@ -110,25 +107,7 @@ fn in_pty(mut shim: Command, input: &str) -> (i32, String) {
 fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<StopAfter>) -> Ran {
     let skiff = Skiff::new("");
     let layout = skiff.dir.path().join("layout");
-    write_layout(
-        &layout,
-        "1",
-        &[ImageSpec {
-            arch: "amd64".into(),
-            variant: None,
-            layers: vec![(
-                Layer::new()
-                    .busybox()
-                    .dir("etc", 0o755)
-                    .file("etc/passwd", PASSWD.as_bytes(), 0o644)
-                    .file("etc/group", GROUP.as_bytes(), 0o644)
-                    .dir("tmp", 0o1777)
-                    .finish(),
-                Compression::Gzip,
-            )],
-        }],
-    )
-    .unwrap();
+    write_busybox_layout(&layout);
     skiff.ok(&["load", "--name", "local/bb", layout.to_str().unwrap()]);
     let rootfs = PathBuf::from(skiff.ok(&["mount", "local/bb:1", name]).trim());
 

@@ -39,19 +39,7 @@ impl Task {
         let skiff = Skiff::new("");
         let dir = skiff.dir.path().display().to_string();
         let layout = skiff.dir.path().join("layout");
-        write_layout(
-            &layout,
-            "1",
-            &[ImageSpec {
-                arch: "amd64".into(),
-                variant: None,
-                layers: vec![(
-                    Layer::new().busybox().dir("tmp", 0o1777).finish(),
-                    Compression::Gzip,
-                )],
-            }],
-        )
-        .unwrap();
+        write_busybox_layout(&layout);
         skiff.ok(&["load", "--name", "local/bb", layout.to_str().unwrap()]);
         let def = TaskDefinition::from_json(
             &format!(
