@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::get_executor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal, kill};
@@ -350,8 +352,8 @@ fn pump(
 /// its own stdin and stdout, in raw mode and at its window size when they are a terminal, until
 /// the process has exited and its output is drained.
 ///
-/// Limitation: libcontainer 0.7 rebuilds the tenant's `linux` section without `seccomp`, so the
-/// process does not get the container's seccomp filter (docs/design.md).
+/// The container's seccomp filter is loaded by [`SeccompExecutor`] (libcontainer's tenant
+/// builder drops it).
 pub fn exec(
     id: &str,
     state_root: &Path,
@@ -363,15 +365,13 @@ pub fn exec(
     let container =
         libcontainer::container::Container::load(state_root.join(id)).map_err(lc("load"))?;
     let config = container.bundle().join("config.json");
-    let mut process = oci_spec::runtime::Spec::load(&config)
-        .map_err(|e| ShimError::Container {
-            id: id.to_owned(),
-            op: "read spec",
-            message: e.to_string(),
-        })?
-        .process()
-        .clone()
-        .unwrap_or_default();
+    let spec = oci_spec::runtime::Spec::load(&config).map_err(|e| ShimError::Container {
+        id: id.to_owned(),
+        op: "read spec",
+        message: e.to_string(),
+    })?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(args)).set_terminal(Some(tty));
     let mut env = process.env().clone().unwrap_or_default();
     if tty && !env.iter().any(|e| e.starts_with("TERM=")) {
@@ -399,6 +399,7 @@ pub fn exec(
         .with_root_path(state_root)
         .map_err(lc("state root"))?
         .with_console_socket(console.as_ref().map(ConsoleSocket::path))
+        .with_executor(SeccompExecutor { seccomp })
         .as_tenant()
         .with_process(Some(&process_file))
         // libcontainer only accepts a console socket for a "detached" process; for a tenant
@@ -526,6 +527,31 @@ pub fn delete(id: &str, state_root: &Path) -> Result<(), ShimError> {
     let mut container =
         libcontainer::container::Container::load(state_root.join(id)).map_err(lc("load"))?;
     container.delete(true).map_err(lc("delete"))
+}
+
+/// Runs an exec'd process as libcontainer's default executor does, after loading the
+/// container's seccomp filter into it. libcontainer 0.7's tenant builder rebuilds the spec's
+/// `linux` section without `seccomp`, so without this an exec'd process (and every health check)
+/// would run unfiltered, unlike `docker exec`. The executor runs in the exec'd process itself,
+/// inside the container, after its capabilities were dropped and no-new-privileges set, just
+/// before execve: where libcontainer loads the filter for a container's own process.
+#[derive(Clone)]
+struct SeccompExecutor {
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
+        if let Some(seccomp) = &self.seccomp {
+            libcontainer::seccomp::initialize_seccomp(seccomp)
+                .map_err(|e| ExecutorError::Other(format!("loading the seccomp filter: {e}")))?;
+        }
+        get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
+        get_executor().validate(spec)
+    }
 }
 
 /// Waits for `pid`, reaping (as the subreaper) any orphan that exits meanwhile.

@@ -413,15 +413,21 @@ fn exec_runs_inside_the_running_container() {
                 args: &[
                     "sh",
                     "-c",
-                    "busybox hostname; id -u; echo $FROM_DEF; cat /tmp/main.pid; exit 5",
+                    "busybox hostname; id -u; echo $FROM_DEF; cat /tmp/main.pid; \
+                     busybox grep Seccomp: /proc/self/status; \
+                     busybox unshare -U true 2>/dev/null || echo unshare refused; exit 5",
                 ],
                 tty: None,
             }],
         }),
     );
     let (code, out) = &ran.execs[0];
-    // Same UTS and PID namespaces, same user and environment, same filesystem; its own exit code.
-    assert_eq!(out, "skiff-e2e-exec\n1000\nyes\n1\n", "exec output");
+    // Same UTS and PID namespaces, same user and environment, same filesystem, the container's
+    // seccomp filter (mode 2: filtered; it refuses unshare); its own exit code.
+    assert_eq!(
+        out, "skiff-e2e-exec\n1000\nyes\n1\nSeccomp:\t2\nunshare refused\n",
+        "exec output"
+    );
     assert_eq!(*code, 5);
     assert_eq!(
         ran.exit.exit_code, 0,
