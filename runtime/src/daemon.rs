@@ -59,6 +59,18 @@ pub enum DaemonError {
     /// The image store could not be opened.
     #[error("image store: {0}")]
     Images(String),
+    /// Another skiffd holds this state root: two would fight over its tasks.
+    #[error("another skiffd is using {0} (its lock is held)")]
+    Locked(PathBuf),
+    /// The daemon's lock file could not be opened.
+    #[error("opening {path}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The seccomp profile could not be read.
     #[error("reading seccomp profile {path}")]
     Seccomp {
@@ -90,6 +102,8 @@ pub struct ExecTarget {
 /// The node's task service.
 #[derive(Clone)]
 pub struct Daemon {
+    /// Held (flock) while this daemon runs.
+    _lock: Arc<std::fs::File>,
     host: Arc<Host>,
     records: Records,
     cfg: Arc<NodeConfig>,
@@ -114,6 +128,27 @@ fn new_task_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Takes `<root>/skiffd.lock`, or says who has it: one skiffd per state root.
+fn lock(root: &Path) -> Result<std::fs::File, DaemonError> {
+    let path = root.join("skiffd.lock");
+    let err = |source| DaemonError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(root).map_err(err)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(DaemonError::Locked(root.to_owned())),
+        Err(e) => Err(err(e.into())),
+    }
+}
+
 fn is_task_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -121,6 +156,7 @@ fn is_task_id(s: &str) -> bool {
 impl Daemon {
     /// Opens the node's state under `cfg`, resumes its tasks and cleans what belongs to none.
     pub async fn start(cfg: NodeConfig) -> Result<Self, DaemonError> {
+        let lock = lock(&cfg.root)?;
         let images_cfg = ImagesConfig::load(&cfg.images_config)
             .map_err(|e| DaemonError::Images(e.to_string()))?;
         let store = Store::open(&cfg.root).map_err(|e| DaemonError::Images(e.to_string()))?;
@@ -151,6 +187,7 @@ impl Daemon {
         });
         let records = Records::open(&cfg.tasks_dir())?;
         let daemon = Self {
+            _lock: Arc::new(lock),
             host,
             records,
             cfg: Arc::new(cfg),

@@ -523,3 +523,21 @@ fn cgroup_limits_are_written_and_enforced() {
     d.ok(&["task", "stop", &id]);
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }
+
+#[test]
+fn one_skiffd_per_state_root() {
+    if !privileged("one_skiffd_per_state_root") {
+        return;
+    }
+    let d = Skiffd::start("");
+    let out = std::process::Command::new(workspace_bin("skiffd"))
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another skiffd is using"), "{err}");
+    // The first one is untouched.
+    d.ok(&["task", "ls"]);
+}
