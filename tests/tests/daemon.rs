@@ -106,6 +106,17 @@ fn bad_input_is_refused_clearly_and_failed_starts_leave_nothing() {
             .contains("CannotStartContainerError"),
         "{rec:#}"
     );
+    // privileged: true on a node that does not allow it.
+    let privileged = d.run(&bb("a", r#""privileged":true,"command":["true"]"#), false);
+    let rec = d.wait_stopped(&privileged);
+    assert_eq!(rec["stopCode"], "TaskFailedToStart", "{rec:#}");
+    assert!(
+        rec["stoppedReason"]
+            .as_str()
+            .unwrap()
+            .contains("privileged"),
+        "{rec:#}"
+    );
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
     // Operations on tasks that are not there say so.
     let out = d.cmd(&["task", "stop", "ffffffff"]).output().unwrap();
