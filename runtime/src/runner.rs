@@ -102,9 +102,11 @@ impl Runner {
         self.records.task_dir(&self.rec.task_id)
     }
 
-    /// Persists and publishes the record.
+    /// Persists and publishes the record. The write (two fsyncs) blocks, so it runs as blocking
+    /// work rather than stall one of the runtime's two workers.
     fn save(&mut self) {
-        if let Err(e) = self.records.save(&self.rec) {
+        let saved = tokio::task::block_in_place(|| self.records.save(&self.rec));
+        if let Err(e) = saved {
             tracing::error!(task = %self.rec.task_id, error = %e, "persisting the task record");
         }
         self.publish.send_replace(self.rec.clone());
