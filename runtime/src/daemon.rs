@@ -20,7 +20,7 @@ use crate::provision::{ContainerFiles, Host};
 use crate::record::{ContainerRecord, ContainerStatus, RecordError, Records, TaskRecord, now};
 use crate::runner::{Event, Runner};
 use crate::stats::{self, TaskStats};
-use crate::taskdef::{TaskDefinition, TaskDefinitionError};
+use crate::taskdef::{NamespaceMode, TaskDefinition, TaskDefinitionError};
 
 /// Errors of the task service.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,9 @@ pub enum DaemonError {
     /// The task definition was refused (its error says `task definition: <field>: <why>`).
     #[error("invalid {0}")]
     InvalidTaskDefinition(TaskDefinitionError),
+    /// The definition asks for something this node does not do.
+    #[error("not supported on this node: {0}")]
+    Unsupported(&'static str),
     /// No task has this id (or unique id prefix).
     #[error("no task {0}")]
     NoSuchTask(String),
@@ -183,6 +186,7 @@ impl Daemon {
             shim,
             state_root: cfg.containers_state(),
             node_volumes: cfg.volumes_dir(),
+            ns_dir: cfg.run_dir.join("ns"),
             init_binary: cfg.init_binary.clone(),
         });
         let records = Records::open(&cfg.tasks_dir())?;
@@ -244,6 +248,17 @@ impl Daemon {
                 }
             }
         }
+        // Task IPC namespaces.
+        for e in std::fs::read_dir(&self.host.ns_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if is_task_id(&id) && !live.contains_key(id.as_str()) {
+                crate::ipcns::remove(&e.path());
+            }
+        }
         // Task cgroups.
         for id in TaskCgroup::list(&self.host.layout, &self.host.cgroup_parent) {
             if is_task_id(&id) && !live.contains_key(id.as_str()) {
@@ -280,6 +295,11 @@ impl Daemon {
     pub fn run_task(&self, definition: &str) -> Result<TaskRecord, DaemonError> {
         let def =
             TaskDefinition::from_json(definition).map_err(DaemonError::InvalidTaskDefinition)?;
+        if def.pid_mode == Some(NamespaceMode::Task) {
+            return Err(DaemonError::Unsupported(
+                "pidMode task (a shared PID namespace needs a per-task holder process, not built yet)",
+            ));
+        }
         let task_id = new_task_id();
         let containers = def
             .container_definitions

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod ipcns;
 pub mod lifecycle;
 pub mod logs;
 pub mod orchestration;

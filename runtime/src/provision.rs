@@ -20,10 +20,11 @@ use skiff_images::{Images, PullOptions, PullPolicy};
 use tokio::io::AsyncBufReadExt;
 
 use crate::cgroups::{CgroupError, Layout, TaskCgroup, TaskLimits};
+use crate::ipcns;
 use crate::logs::Rotation;
 use crate::record::{ShimRef, TaskRecord};
 use crate::spec::{ImageRunConfig, SpecError, SpecInputs, build_spec};
-use crate::taskdef::ContainerDefinition;
+use crate::taskdef::{ContainerDefinition, NamespaceMode};
 use crate::volumes::{self, VolumeDirs, VolumeError};
 
 fn volume_dirs(host: &Host, task_dir: &Path) -> VolumeDirs {
@@ -52,6 +53,9 @@ pub enum ProvisionError {
     /// A container's spec could not be built.
     #[error("CannotCreateContainerError: {0}")]
     Spec(#[from] SpecError),
+    /// The task's IPC namespace could not be made.
+    #[error("ResourceInitializationError: {0}")]
+    Ipc(#[from] ipcns::IpcNsError),
     /// The task's volumes could not be prepared.
     #[error("ResourceInitializationError: {0}")]
     Volume(#[from] VolumeError),
@@ -104,6 +108,8 @@ pub struct Host {
     pub state_root: PathBuf,
     /// Named volumes that outlive tasks.
     pub node_volumes: PathBuf,
+    /// Task-wide namespaces (`ipcMode: task`), one directory per task.
+    pub ns_dir: PathBuf,
     /// The init run by `initProcessEnabled`.
     pub init_binary: PathBuf,
 }
@@ -179,6 +185,19 @@ pub async fn provision(
     rec.cgroup = Some(cgroup.rel().display().to_string());
     let def = rec.task_definition.clone();
     let volumes = volumes::prepare(&def, &volume_dirs(host, task_dir))?;
+    let task_ipc = match def.ipc_mode {
+        Some(NamespaceMode::Task) => {
+            let shm = def
+                .container_definitions
+                .iter()
+                .filter_map(|c| c.linux_parameters.as_ref()?.shared_memory_size)
+                .max()
+                .unwrap_or(64);
+            let ipc = ipcns::create(&host.ns_dir.join(&rec.task_id), shm)?;
+            Some((ipc.ns, ipc.shm))
+        }
+        _ => None,
+    };
     for c in &def.container_definitions {
         let runtime_id = rec
             .container(&c.name)
@@ -205,6 +224,9 @@ pub async fn provision(
             image: &run_config(&config),
             network_mode: def.network_mode(),
             netns_path: None,
+            pid_mode: def.pid_mode,
+            ipc_mode: def.ipc_mode,
+            task_ipc: task_ipc.clone(),
             rootfs: rootfs.path.clone(),
             cgroups_path: cgroup.container_path(&c.name),
             hostname: c.hostname.clone(),
@@ -404,7 +426,7 @@ pub async fn delete_container(host: &Host, runtime_id: &str) {
 }
 
 /// Releases everything the task holds on the node but its record and logs: containers still
-/// there, root filesystems, the task cgroup, task-scoped volumes. Idempotent; errors are logged
+/// there, root filesystems, the task cgroup, task-scoped volumes, its IPC namespace. Idempotent; errors are logged
 /// and the rest goes on.
 pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
     if let Err(e) = volumes::remove_task_volumes(&volume_dirs(host, task_dir)) {
@@ -422,6 +444,7 @@ pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
             tracing::warn!(container = %c.runtime_id, error = %e, "removing root filesystem");
         }
     }
+    ipcns::remove(&host.ns_dir.join(&rec.task_id));
     let cg = TaskCgroup::existing(host.layout.clone(), &host.cgroup_parent, &rec.task_id);
     if let Err(e) = cg.remove() {
         tracing::warn!(task = %rec.task_id, error = %e, "removing task cgroup");

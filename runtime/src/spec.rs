@@ -43,7 +43,7 @@ use oci_spec::runtime::{
     PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use crate::taskdef::{ContainerDefinition, DevicePermission, NetworkMode};
+use crate::taskdef::{ContainerDefinition, DevicePermission, NamespaceMode, NetworkMode};
 
 /// Where the init is mounted in a container with `initProcessEnabled`.
 pub const INIT_PATH: &str = "/sbin/skiff-init";
@@ -55,6 +55,14 @@ pub const DEFAULT_INIT_BINARY: &str = "/usr/bin/tini-static";
 /// Why a spec could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// A setting this node cannot honour (yet).
+    #[error("container {container}: {what} is not supported on this node")]
+    Unsupported {
+        /// The container.
+        container: String,
+        /// The setting.
+        what: String,
+    },
     /// Neither the image nor the definition says what to run.
     #[error(
         "container {container}: nothing to run (the image has no Entrypoint or Cmd, and no entryPoint or command is given)"
@@ -157,6 +165,15 @@ pub struct SpecInputs<'a> {
     pub network_mode: NetworkMode,
     /// The task's network namespace, to join (bridge, awsvpc); None for a fresh one.
     pub netns_path: Option<PathBuf>,
+    /// The task's `pidMode`: `host` shares the node's PID namespace (`task` is refused earlier:
+    /// it needs a namespace holder, which comes with netd/'s per-task sandbox).
+    pub pid_mode: Option<NamespaceMode>,
+    /// The task's `ipcMode`: `host` shares the node's IPC namespace and /dev/shm; `task` joins
+    /// [`SpecInputs::task_ipc`]; `none` is a private namespace without /dev/shm.
+    pub ipc_mode: Option<NamespaceMode>,
+    /// With `ipcMode: task`: the task's IPC namespace (a bind-mounted nsfs file) and its shared
+    /// /dev/shm.
+    pub task_ipc: Option<(PathBuf, PathBuf)>,
     /// The mounted root filesystem.
     pub rootfs: PathBuf,
     /// The container's cgroup, relative to the hierarchy roots.
@@ -577,8 +594,6 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
         .map_err(build)?;
 
     let mut namespaces: Vec<LinuxNamespace> = [
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
@@ -587,6 +602,39 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
     .collect::<Result<_, _>>()
     .map_err(build)?;
+    match inputs.pid_mode {
+        Some(NamespaceMode::Host) => {}
+        None => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .build()
+                .map_err(build)?,
+        ),
+        Some(mode) => {
+            return Err(SpecError::Unsupported {
+                container,
+                what: format!("pidMode {mode:?}"),
+            });
+        }
+    }
+    let mut ipc = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Ipc);
+    let shm_mount = match (inputs.ipc_mode, &inputs.task_ipc) {
+        (Some(NamespaceMode::Host), _) => Some(bind_shm(Path::new("/dev/shm")).map_err(build)?),
+        (Some(NamespaceMode::Task), Some((ns, shm))) => {
+            ipc = ipc.path(ns.clone());
+            Some(bind_shm(shm).map_err(build)?)
+        }
+        (Some(NamespaceMode::Task), None) => {
+            return Err(SpecError::Unsupported {
+                container,
+                what: "ipcMode task without the task's IPC namespace".into(),
+            });
+        }
+        (Some(NamespaceMode::None) | None, _) => None,
+    };
+    if inputs.ipc_mode != Some(NamespaceMode::Host) {
+        namespaces.push(ipc.build().map_err(build)?);
+    }
     if inputs.network_mode != NetworkMode::Host {
         let mut ns = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
         if let Some(p) = &inputs.netns_path {
@@ -645,6 +693,11 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
         .readonly_paths(readonly.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 
     let mut mounts = base_mounts(def).map_err(build)?;
+    // /dev/shm: the container's own tmpfs unless shared (host, task) or absent (ipcMode none).
+    if inputs.ipc_mode.is_some() {
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+    }
+    mounts.extend(shm_mount);
     mounts.extend(inputs.mounts.iter().cloned());
     mounts.extend(init_mount);
     let root = RootBuilder::default()
@@ -740,6 +793,20 @@ pub fn devices(
         );
     }
     Ok((nodes, rules))
+}
+
+/// A bind of a shared /dev/shm.
+fn bind_shm(source: &Path) -> Result<Mount, oci_spec::OciSpecError> {
+    MountBuilder::default()
+        .destination("/dev/shm")
+        .typ("bind")
+        .source(source)
+        .options(
+            ["rbind", "rprivate", "nosuid", "noexec", "nodev"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .build()
 }
 
 /// /proc, /dev, /dev/pts, /dev/shm (sized), /dev/mqueue, /sys (read-only), the cgroup

@@ -28,6 +28,9 @@ fn inputs<'a>(def: &'a ContainerDefinition, image: &'a ImageRunConfig) -> SpecIn
         image,
         network_mode: NetworkMode::Bridge,
         netns_path: Some("/run/netns/task-1".into()),
+        pid_mode: None,
+        ipc_mode: None,
+        task_ipc: None,
         rootfs: "/var/lib/skiff/rootfs/c1/merged".into(),
         cgroups_path: "/skiff/task-1/web".into(),
         hostname: Some("web".into()),
@@ -412,4 +415,66 @@ fn init_process_enabled_runs_the_command_under_the_init() {
         spec.process().as_ref().unwrap().args().as_deref().unwrap(),
         ["/docker-entrypoint.sh", "sleep", "1"]
     );
+}
+
+#[test]
+fn pid_and_ipc_modes() {
+    use crate::taskdef::NamespaceMode;
+    let d = container(r#"{"name":"web","image":"nginx","memory":64}"#);
+    let img = image();
+    let types = |spec: &Spec| -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
+        let l = spec.linux().as_ref().unwrap();
+        l.namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| (n.typ(), n.path().clone()))
+            .collect()
+    };
+    let shm = |spec: &Spec| -> Vec<Mount> {
+        spec.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.destination() == Path::new("/dev/shm"))
+            .cloned()
+            .collect()
+    };
+    // Defaults: private PID and IPC namespaces, a private sized /dev/shm.
+    let s = build_spec(&inputs(&d, &img)).unwrap();
+    assert!(types(&s).contains(&(LinuxNamespaceType::Pid, None)));
+    assert!(types(&s).contains(&(LinuxNamespaceType::Ipc, None)));
+    assert_eq!(shm(&s)[0].typ().as_deref(), Some("tmpfs"));
+    // host: the node's namespaces and /dev/shm.
+    let mut i = inputs(&d, &img);
+    i.pid_mode = Some(NamespaceMode::Host);
+    i.ipc_mode = Some(NamespaceMode::Host);
+    let s = build_spec(&i).unwrap();
+    assert!(
+        !types(&s)
+            .iter()
+            .any(|(t, _)| matches!(t, LinuxNamespaceType::Pid | LinuxNamespaceType::Ipc))
+    );
+    assert_eq!(shm(&s)[0].source().as_deref(), Some(Path::new("/dev/shm")));
+    // task: the task's IPC namespace and shared /dev/shm.
+    let mut i = inputs(&d, &img);
+    i.ipc_mode = Some(NamespaceMode::Task);
+    i.task_ipc = Some(("/run/skiff/ns/t/ipc".into(), "/run/skiff/ns/t/shm".into()));
+    let s = build_spec(&i).unwrap();
+    assert!(types(&s).contains(&(LinuxNamespaceType::Ipc, Some("/run/skiff/ns/t/ipc".into()))));
+    assert_eq!(
+        shm(&s)[0].source().as_deref(),
+        Some(Path::new("/run/skiff/ns/t/shm"))
+    );
+    // none: a private namespace without /dev/shm.
+    let mut i = inputs(&d, &img);
+    i.ipc_mode = Some(NamespaceMode::None);
+    let s = build_spec(&i).unwrap();
+    assert!(types(&s).contains(&(LinuxNamespaceType::Ipc, None)));
+    assert!(shm(&s).is_empty());
+    // pidMode task is refused, naming it.
+    let mut i = inputs(&d, &img);
+    i.pid_mode = Some(NamespaceMode::Task);
+    let e = build_spec(&i).unwrap_err();
+    assert!(e.to_string().contains("pidMode Task"), "{e}");
 }

@@ -552,3 +552,89 @@ fn one_skiffd_per_state_root() {
     // The first one is untouched.
     d.ok(&["task", "ls"]);
 }
+
+#[test]
+fn pid_and_ipc_modes() {
+    if !privileged("pid_and_ipc_modes") {
+        return;
+    }
+    let d = Skiffd::start("");
+    let ns = |what: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{what}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    // ipcMode task: one IPC namespace and one /dev/shm for the task's containers.
+    let def = |extra: &str, containers: &[String]| {
+        format!(
+            r#"{{"family":"ns","networkMode":"none","memory":"128",{extra}"containerDefinitions":[{}]}}"#,
+            containers.join(",")
+        )
+    };
+    let id = d.run_def(
+        &def(
+            r#""ipcMode":"task","pidMode":"host","#,
+            &[
+                bb("a", r#""command":["sh","-c","busybox readlink /proc/self/ns/ipc > /dev/shm/a; busybox readlink /proc/self/ns/pid; sleep 300"],"stopTimeout":2"#),
+                bb("b", r#""essential":false,"dependsOn":[{"containerName":"a","condition":"START"}],"command":["sh","-c","sleep 1; busybox readlink /proc/self/ns/ipc; cat /dev/shm/a"]"#),
+            ],
+        ),
+        false,
+    );
+    d.wait_for(&id, 20, |r| {
+        Skiffd::container(r, "b")["lastStatus"] == "STOPPED"
+    });
+    let b = d.ok(&["logs", &id, "b"]);
+    let lines: Vec<&str> = b.lines().collect();
+    assert_eq!(lines.len(), 2, "{b}");
+    assert_eq!(lines[0], lines[1], "same IPC namespace: {b}");
+    assert_ne!(lines[0], ns("ipc"), "not the node's: {b}");
+    // pidMode host: the node's PID namespace.
+    assert_eq!(d.ok(&["logs", &id, "a"]).trim(), ns("pid"));
+    let ns_dir = d.run_dir.join("ns").join(&id);
+    assert!(ns_dir.join("ipc").exists());
+    d.ok(&["task", "stop", &id]);
+    assert!(!ns_dir.exists(), "the task's IPC namespace is released");
+    // ipcMode none: no /dev/shm at all; host: the node's IPC namespace.
+    let id = d.run_def(
+        &def(
+            r#""ipcMode":"none","#,
+            &[bb(
+                "c",
+                r#""command":["sh","-c","test -d /dev/shm && echo shm || echo no shm"]"#,
+            )],
+        ),
+        false,
+    );
+    d.wait_stopped(&id);
+    assert_eq!(d.ok(&["logs", &id]), "no shm\n");
+    let id = d.run_def(
+        &def(
+            r#""ipcMode":"host","#,
+            &[bb(
+                "c",
+                r#""command":["busybox","readlink","/proc/self/ns/ipc"]"#,
+            )],
+        ),
+        false,
+    );
+    d.wait_stopped(&id);
+    assert_eq!(d.ok(&["logs", &id]).trim(), ns("ipc"));
+    // pidMode task is refused up front, naming it.
+    let file = d.dir.path().join("pidtask.json");
+    std::fs::write(
+        &file,
+        def(r#""pidMode":"task","#, &[bb("c", r#""command":["true"]"#)]),
+    )
+    .unwrap();
+    let out = d
+        .cmd(&["task", "run", "-f", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pidMode task"),
+        "{out:?}"
+    );
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+}
