@@ -20,7 +20,7 @@ use crate::provision::{ContainerFiles, Host};
 use crate::record::{ContainerRecord, ContainerStatus, RecordError, Records, TaskRecord, now};
 use crate::runner::{Event, Runner};
 use crate::stats::{self, TaskStats};
-use crate::taskdef::{NamespaceMode, TaskDefinition, TaskDefinitionError};
+use crate::taskdef::{TaskDefinition, TaskDefinitionError};
 
 /// Errors of the task service.
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +28,6 @@ pub enum DaemonError {
     /// The task definition was refused (its error says `task definition: <field>: <why>`).
     #[error("invalid {0}")]
     InvalidTaskDefinition(TaskDefinitionError),
-    /// The definition asks for something this node does not do.
-    #[error("not supported on this node: {0}")]
-    Unsupported(&'static str),
     /// No task has this id (or unique id prefix).
     #[error("no task {0}")]
     NoSuchTask(String),
@@ -187,6 +184,7 @@ impl Daemon {
             state_root: cfg.containers_state(),
             node_volumes: cfg.volumes_dir(),
             ns_dir: cfg.run_dir.join("ns"),
+            pause_binary: cfg.pause_binary.clone(),
             init_binary: cfg.init_binary.clone(),
         });
         let records = Records::open(&cfg.tasks_dir())?;
@@ -295,11 +293,6 @@ impl Daemon {
     pub fn run_task(&self, definition: &str) -> Result<TaskRecord, DaemonError> {
         let def =
             TaskDefinition::from_json(definition).map_err(DaemonError::InvalidTaskDefinition)?;
-        if def.pid_mode == Some(NamespaceMode::Task) {
-            return Err(DaemonError::Unsupported(
-                "pidMode task (a shared PID namespace needs a per-task holder process, not built yet)",
-            ));
-        }
         let task_id = new_task_id();
         let containers = def
             .container_definitions
@@ -326,6 +319,7 @@ impl Daemon {
             desired_status: "RUNNING".into(),
             containers,
             health_status: Health::Unknown,
+            pause: None,
             cgroup: None,
             created_at: now(),
             started_at: None,

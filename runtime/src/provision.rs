@@ -110,6 +110,8 @@ pub struct Host {
     pub node_volumes: PathBuf,
     /// Task-wide namespaces (`ipcMode: task`), one directory per task.
     pub ns_dir: PathBuf,
+    /// A static binary that the PID namespace holder of `pidMode: task` runs (`busybox`).
+    pub pause_binary: PathBuf,
     /// The init run by `initProcessEnabled`.
     pub init_binary: PathBuf,
 }
@@ -198,6 +200,14 @@ pub async fn provision(
         }
         _ => None,
     };
+    let task_pid = match def.pid_mode {
+        Some(NamespaceMode::Task) => {
+            let (shim, pid) = start_pause(host, rec, task_dir, &cgroup).await?;
+            rec.pause = Some(shim);
+            Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+        }
+        _ => None,
+    };
     for c in &def.container_definitions {
         let runtime_id = rec
             .container(&c.name)
@@ -225,6 +235,7 @@ pub async fn provision(
             network_mode: def.network_mode(),
             netns_path: None,
             pid_mode: def.pid_mode,
+            task_pid: task_pid.clone(),
             ipc_mode: def.ipc_mode,
             task_ipc: task_ipc.clone(),
             rootfs: rootfs.path.clone(),
@@ -239,15 +250,89 @@ pub async fn provision(
             allow_privileged: host.allow_privileged,
             seccomp_profile: Some(&host.seccomp_profile),
         })?;
-        std::fs::create_dir_all(&files.bundle).map_err(io("create", &files.bundle))?;
-        let config_json = files.bundle.join("config.json");
-        spec.save(&config_json).map_err(|e| ProvisionError::Io {
-            op: "write",
-            path: config_json.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        write_bundle(&files, &spec)?;
     }
     Ok(())
+}
+
+fn write_bundle(
+    files: &ContainerFiles,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<(), ProvisionError> {
+    std::fs::create_dir_all(&files.bundle).map_err(io("create", &files.bundle))?;
+    let config_json = files.bundle.join("config.json");
+    spec.save(&config_json).map_err(|e| ProvisionError::Io {
+        op: "write",
+        path: config_json.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// The container name of a task's PID namespace holder (no ECS container name starts with a dot).
+const PAUSE: &str = ".pause";
+
+/// The runtime id of task `task_id`'s PID namespace holder.
+pub fn pause_id(task_id: &str) -> String {
+    format!("{task_id}-{PAUSE}")
+}
+
+/// Starts the holder of the task's shared PID namespace (`pidMode: task`), as the ECS agent's
+/// pause container holds a task's namespaces: a container of its own (same isolation as the
+/// task's, in the task's cgroup) whose only process, PID 1 of the namespace, sleeps. Its root
+/// filesystem is an empty directory with the node's static busybox bound in read-only. The
+/// containers join its namespace; it lives until the task is released.
+async fn start_pause(
+    host: &Host,
+    rec: &TaskRecord,
+    task_dir: &Path,
+    cgroup: &TaskCgroup,
+) -> Result<(ShimRef, i32), ProvisionError> {
+    let def: ContainerDefinition = serde_json::from_value(serde_json::json!({
+        "name": PAUSE,
+        "image": "(pause)",
+        "command": ["/busybox", "sleep", "2147483647"],
+        // PID 1 of its namespace ignores SIGTERM: straight to SIGKILL.
+        "stopTimeout": 0,
+    }))
+    .expect("a valid pause definition");
+    let files = ContainerFiles::new(task_dir, PAUSE);
+    let rootfs = files.bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(io("create", &rootfs))?;
+    let bind = oci_spec::runtime::MountBuilder::default()
+        .destination("/busybox")
+        .typ("bind")
+        .source(&host.pause_binary)
+        .options(["rbind", "ro"].map(String::from).to_vec())
+        .build()
+        .map_err(|e| ProvisionError::Io {
+            op: "bind",
+            path: host.pause_binary.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let spec = build_spec(&SpecInputs {
+        def: &def,
+        image: &ImageRunConfig::default(),
+        network_mode: rec.task_definition.network_mode(),
+        netns_path: None,
+        pid_mode: None,
+        task_pid: None,
+        ipc_mode: None,
+        task_ipc: None,
+        rootfs,
+        cgroups_path: cgroup.container_path(PAUSE),
+        hostname: None,
+        passwd: "",
+        group: "",
+        env_files: &[],
+        mounts: vec![bind],
+        init_binary: None,
+        // Its sleep, and libcontainer's processes while it starts.
+        pids_limit: Some(4),
+        allow_privileged: false,
+        seccomp_profile: Some(&host.seccomp_profile),
+    })?;
+    write_bundle(&files, &spec)?;
+    start(host, &def, &pause_id(&rec.task_id), &files).await
 }
 
 /// The image config's `config` section as the spec builder wants it.
@@ -432,6 +517,7 @@ pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
     if let Err(e) = volumes::remove_task_volumes(&volume_dirs(host, task_dir)) {
         tracing::warn!(task = %rec.task_id, error = %e, "removing task volumes");
     }
+    delete_container(host, &pause_id(&rec.task_id)).await;
     for c in &rec.containers {
         delete_container(host, &c.runtime_id).await;
         let (images, id) = (host.images.clone(), c.runtime_id.clone());

@@ -117,6 +117,9 @@ pub struct TaskRecord {
     pub containers: Vec<ContainerRecord>,
     /// HEALTHY when every essential container with a health check is, UNHEALTHY when one is not.
     pub health_status: Health,
+    /// The shim of the task's PID namespace holder (`pidMode: task`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<ShimRef>,
     /// The task's cgroup (`cgroupsPath` of its parent, relative to the hierarchies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
@@ -259,6 +262,7 @@ mod tests {
                 restart_count: 0,
             }],
             health_status: Health::Unknown,
+            pause: None,
             cgroup: None,
             created_at: 1.0,
             started_at: Some(1.5),

@@ -362,6 +362,13 @@ impl Runner {
         }
         if matches!(self.rec.status, TaskStatus::Deprovisioning(_)) {
             self.save();
+            if let Some(pause) = self.rec.pause.take()
+                && let Some(w) = Watched::open(pause.pid, Some(pause.start_time))
+            {
+                // The holder's shim kills it at once (stopTimeout 0); release deletes leftovers.
+                w.signal(Signal::TERM);
+                let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
+            }
             provision::release(&self.host, &self.rec, &self.task_dir()).await;
             for h in self.health.drain() {
                 h.1.1.abort();

@@ -165,9 +165,11 @@ pub struct SpecInputs<'a> {
     pub network_mode: NetworkMode,
     /// The task's network namespace, to join (bridge, awsvpc); None for a fresh one.
     pub netns_path: Option<PathBuf>,
-    /// The task's `pidMode`: `host` shares the node's PID namespace (`task` is refused earlier:
-    /// it needs a namespace holder, which comes with netd/'s per-task sandbox).
+    /// The task's `pidMode`: `host` shares the node's PID namespace; `task` joins
+    /// [`SpecInputs::task_pid`].
     pub pid_mode: Option<NamespaceMode>,
+    /// With `pidMode: task`: the PID namespace the task's containers share (its holder's).
+    pub task_pid: Option<PathBuf>,
     /// The task's `ipcMode`: `host` shares the node's IPC namespace and /dev/shm; `task` joins
     /// [`SpecInputs::task_ipc`]; `none` is a private namespace without /dev/shm.
     pub ipc_mode: Option<NamespaceMode>,
@@ -602,18 +604,17 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
     .collect::<Result<_, _>>()
     .map_err(build)?;
-    match inputs.pid_mode {
-        Some(NamespaceMode::Host) => {}
-        None => namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::Pid)
-                .build()
-                .map_err(build)?,
-        ),
-        Some(mode) => {
+    let pid = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid);
+    match (inputs.pid_mode, &inputs.task_pid) {
+        (Some(NamespaceMode::Host), _) => {}
+        (None, _) => namespaces.push(pid.build().map_err(build)?),
+        (Some(NamespaceMode::Task), Some(path)) => {
+            namespaces.push(pid.path(path.clone()).build().map_err(build)?);
+        }
+        (Some(mode), _) => {
             return Err(SpecError::Unsupported {
                 container,
-                what: format!("pidMode {mode:?}"),
+                what: format!("pidMode {mode:?} without the task's PID namespace"),
             });
         }
     }

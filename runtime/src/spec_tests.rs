@@ -29,6 +29,7 @@ fn inputs<'a>(def: &'a ContainerDefinition, image: &'a ImageRunConfig) -> SpecIn
         network_mode: NetworkMode::Bridge,
         netns_path: Some("/run/netns/task-1".into()),
         pid_mode: None,
+        task_pid: None,
         ipc_mode: None,
         task_ipc: None,
         rootfs: "/var/lib/skiff/rootfs/c1/merged".into(),
@@ -472,9 +473,13 @@ fn pid_and_ipc_modes() {
     let s = build_spec(&i).unwrap();
     assert!(types(&s).contains(&(LinuxNamespaceType::Ipc, None)));
     assert!(shm(&s).is_empty());
-    // pidMode task is refused, naming it.
+    // pidMode task joins the task's PID namespace; without one it is refused, naming it.
     let mut i = inputs(&d, &img);
     i.pid_mode = Some(NamespaceMode::Task);
+    i.task_pid = Some("/proc/42/ns/pid".into());
+    let s = build_spec(&i).unwrap();
+    assert!(types(&s).contains(&(LinuxNamespaceType::Pid, Some("/proc/42/ns/pid".into()))));
+    i.task_pid = None;
     let e = build_spec(&i).unwrap_err();
-    assert!(e.to_string().contains("pidMode Task"), "{e}");
+    assert!(e.to_string().contains("pidMode Task without"), "{e}");
 }

@@ -130,6 +130,7 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<Sto
         network_mode: def.network_mode(),
         netns_path: None,
         pid_mode: None,
+        task_pid: None,
         ipc_mode: None,
         task_ipc: None,
         rootfs: rootfs.clone(),

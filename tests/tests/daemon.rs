@@ -621,20 +621,25 @@ fn pid_and_ipc_modes() {
     );
     d.wait_stopped(&id);
     assert_eq!(d.ok(&["logs", &id]).trim(), ns("ipc"));
-    // pidMode task is refused up front, naming it.
-    let file = d.dir.path().join("pidtask.json");
-    std::fs::write(
-        &file,
-        def(r#""pidMode":"task","#, &[bb("c", r#""command":["true"]"#)]),
-    )
-    .unwrap();
-    let out = d
-        .cmd(&["task", "run", "-f", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("pidMode task"),
-        "{out:?}"
+    // pidMode task: the containers share one PID namespace, held by the task's pause.
+    let id = d.run_def(
+        &def(
+            r#""pidMode":"task","#,
+            &[
+                bb("a", r#""command":["sleep","300"],"stopTimeout":2"#),
+                bb("b", r#""essential":false,"dependsOn":[{"containerName":"a","condition":"START"}],"command":["sh","-c","busybox ps -o args | busybox grep -v ps"]"#),
+            ],
+        ),
+        false,
     );
+    d.wait_for(&id, 20, |r| {
+        Skiffd::container(r, "b")["lastStatus"] == "STOPPED"
+    });
+    let ps = d.ok(&["logs", &id, "b"]);
+    assert!(
+        ps.contains("/busybox sleep 2147483647") && ps.contains("sleep 300"),
+        "{ps}"
+    );
+    d.ok(&["task", "stop", &id]);
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }

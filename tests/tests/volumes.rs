@@ -94,6 +94,7 @@ impl Task {
             network_mode: self.def.network_mode(),
             netns_path: None,
             pid_mode: None,
+            task_pid: None,
             ipc_mode: None,
             task_ipc: None,
             rootfs,

@@ -83,6 +83,18 @@ fn fail(e: &dyn std::error::Error) -> std::process::ExitCode {
 }
 
 fn main() -> std::process::ExitCode {
+    // libcontainer says why a create failed through tracing: into stderr (skiffd keeps it in
+    // the container's shim.log and quotes its last line as the container's reason).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "error,libcgroups=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .init();
     let a = Args::parse();
     match a.command {
         Cmd::Run {
