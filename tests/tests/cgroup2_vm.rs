@@ -21,6 +21,8 @@ const EXPECTED: &[&str] = &[
     "pids-max",
     "subtree-control",
     "container-nested",
+    "exec-cgroup",
+    "exec-exit-code",
     "container-memory-max",
     "task-cgroup-no-procs",
     "stats-files",

@@ -78,6 +78,13 @@ esac
 describe "$id"
 pid=$(field "$id" pid)
 expect container-nested "$(cat "/proc/$pid/cgroup" 2>&1)" "0::/$PARENT/$id/main"
+# An exec'd process joins the container's cgroup (libcontainer's tenant, on v2) and its cgroup
+# namespace: it is listed in the cgroup.procs of the container's /sys/fs/cgroup, whose
+# memory.max is the container's limit, and its /proc/self/cgroup says it is at that root.
+out=$(timeout 60 skiff exec "$id" main -- sh -c 'while read p; do [ "$p" = $$ ] && echo in; done < /sys/fs/cgroup/cgroup.procs; cat /proc/self/cgroup /sys/fs/cgroup/memory.max' 2>&1)
+expect exec-cgroup "$(echo $out)" "in 0::/ 50331648"
+timeout 60 skiff exec "$id" main -- sh -c 'exit 3' > /dev/null 2>&1
+expect exec-exit-code "$?" 3
 expect container-memory-max "$(cat "$T/main/memory.max" 2>&1)" 50331648
 if [ -n "$PIDS_LIMIT" ]; then
   expect container-pids-max "$(cat "$T/main/pids.max" 2>&1)" "$PIDS_LIMIT"
