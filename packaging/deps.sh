@@ -4,16 +4,22 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
       curl docker-registry skopeo umoci busybox-static apache2-utils tini
-      golang-github-containers-common)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
+      golang-github-containers-common
+      # tests/vm/run-cgroup2.sh: a cgroup v2 kernel in a QEMU VM (initramfs, modules.dep)
+      qemu-system-x86 qemu-utils kmod cpio binutils)
+updated=0
+# Twice: installing Debian 12's qemu-system-x86 removes a newer qemu-utils (a backport some
+# images carry); the second pass puts the matching one back.
+for _pass in 1 2; do
+  missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || break
   echo "installing: ${missing[*]}"
-  apt-get update -qq
+  ((updated)) || { apt-get update -qq; updated=1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+done
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust with rustup (https://rustup.rs); rust-toolchain.toml pins the version" >&2
   exit 1
