@@ -60,6 +60,8 @@ pub struct NodeConfig {
     /// Most processes a container may have (ECS has no setting for it; podman's default): a
     /// fork bomb in one container must not take the node. 0: unlimited.
     pub container_pids_limit: i64,
+    /// Most processes a whole task may have (its cgroup's pids.max). 0: unlimited.
+    pub task_pids_limit: i64,
     /// A static binary with a `sleep` applet, run by the holder of a `pidMode: task` namespace
     /// (Debian's busybox-static).
     pub pause_binary: PathBuf,
@@ -86,6 +88,7 @@ impl Default for NodeConfig {
             allow_privileged: false,
             seccomp_profile: PathBuf::from(crate::seccomp::DEFAULT_PROFILE),
             container_pids_limit: 2048,
+            task_pids_limit: 8192,
             pause_binary: PathBuf::from("/bin/busybox"),
             init_binary: PathBuf::from(crate::spec::DEFAULT_INIT_BINARY),
             shim: None,

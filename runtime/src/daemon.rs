@@ -180,6 +180,7 @@ impl Daemon {
             seccomp_profile,
             allow_privileged: cfg.allow_privileged,
             pids_limit: (cfg.container_pids_limit > 0).then_some(cfg.container_pids_limit),
+            task_pids_limit: u64::try_from(cfg.task_pids_limit).ok().filter(|&p| p > 0),
             shim,
             state_root: cfg.containers_state(),
             node_volumes: cfg.volumes_dir(),

@@ -102,6 +102,8 @@ pub struct Host {
     pub allow_privileged: bool,
     /// Per-container process limit, if any.
     pub pids_limit: Option<i64>,
+    /// Per-task process limit, if any.
+    pub task_pids_limit: Option<u64>,
     /// The shim binary.
     pub shim: PathBuf,
     /// libcontainer's state root.
@@ -144,13 +146,13 @@ impl ContainerFiles {
     }
 }
 
-/// The task cgroup's limits from the task-level `cpu` and `memory`.
-fn limits(rec: &TaskRecord) -> TaskLimits {
+/// The task cgroup's limits: the task-level `cpu` and `memory`, the node's task pids limit.
+fn limits(host: &Host, rec: &TaskRecord) -> TaskLimits {
     let res = rec.task_definition.resources();
     TaskLimits {
         memory_bytes: res.memory.map(|m| u64::from(m) << 20),
         cpu_units: res.cpu,
-        pids: None,
+        pids: host.task_pids_limit,
     }
 }
 
@@ -182,7 +184,7 @@ pub async fn provision(
         host.layout.clone(),
         &host.cgroup_parent,
         &rec.task_id,
-        limits(rec),
+        limits(host, rec),
     )?;
     rec.cgroup = Some(cgroup.rel().display().to_string());
     let def = rec.task_definition.clone();

@@ -483,7 +483,7 @@ fn cgroup_limits_are_written_and_enforced() {
         );
         return;
     }
-    let d = Skiffd::start("container_pids_limit = 12");
+    let d = Skiffd::start("container_pids_limit = 12\ntask_pids_limit = 40");
     let id = d.run_def(
         &format!(
             r#"{{"family":"limits","networkMode":"none","cpu":"512","memory":"256","containerDefinitions":[{}]}}"#,

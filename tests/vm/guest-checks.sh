@@ -64,8 +64,8 @@ if [ -n "$id" ] && [ -d "$T" ]; then pass task-cgroup; else fail task-cgroup "no
 expect memory-max "$(cat "$T/memory.max" 2>&1)" 67108864
 expect cpu-max "$(cat "$T/cpu.max" 2>&1)" "50000 100000"
 expect cpu-weight "$(cat "$T/cpu.weight" 2>&1)" 20
-# skiffd sets no task-level pids limit (ECS has none): the controller is on, the value unlimited.
-expect pids-max "$(cat "$T/pids.max" 2>&1)" max
+# The node's task_pids_limit (default 8192; ECS has no such setting).
+expect pids-max "$(cat "$T/pids.max" 2>&1)" 8192
 # skiffd enables cpu, memory and pids on the way down (libcontainer may add the others).
 sc=" $(cat "$T/cgroup.subtree_control" 2>&1) "
 case $sc in
