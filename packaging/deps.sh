@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
       curl docker-registry skopeo umoci busybox-static apache2-utils tini
-      golang-github-containers-common)
+      golang-github-containers-common crun runc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
