@@ -702,7 +702,7 @@ fn latency(
                 res.push(S_CYCLE, name, cycle);
             }
         }
-        if round >= WARMUP && (round - WARMUP + 1) % 50 == 0 {
+        if round >= WARMUP && (round - WARMUP + 1).is_multiple_of(50) {
             eprintln!(
                 "  latency: {} rounds in {:.0} s",
                 round - WARMUP + 1,
