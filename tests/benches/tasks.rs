@@ -883,8 +883,17 @@ async fn footprint(s: &Skiff<'_>, pid: u32, tasks: usize) -> Result<Footprint> {
     })
 }
 
+/// The 1-minute load average: this benchmark shares its machine, and the figures move with it.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn run(rt: &tokio::runtime::Runtime, p: &Params) -> Result<()> {
     let started = Instant::now();
+    let load_before = loadavg();
     let d = Skiffd::start("");
     let pid = d.pid().context("skiffd pid")?;
     let s = Skiff::new(&d)?;
@@ -927,7 +936,7 @@ fn run(rt: &tokio::runtime::Runtime, p: &Params) -> Result<()> {
     println!();
     println!(
         "Skiff (release) at commit {}; {}; {}; kernel {kernel}; {} CPUs; BENCH_ROUNDS={} \
-         BENCH_CONCURRENCY={} BENCH_THROUGHPUT_SECS={} BENCH_FOOTPRINT_TASKS={}; {:.0} s in all",
+         BENCH_CONCURRENCY={} BENCH_THROUGHPUT_SECS={} BENCH_FOOTPRINT_TASKS={}; {:.0} s in all; load average {load_before} at the start, {} at the end",
         Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])
             .output()
@@ -940,7 +949,8 @@ fn run(rt: &tokio::runtime::Runtime, p: &Params) -> Result<()> {
         p.concurrency,
         p.throughput.as_secs(),
         p.footprint_tasks,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        loadavg()
     );
     println!();
     println!("| scenario | tool | median ms | p95 ms | min ms | runs |");
