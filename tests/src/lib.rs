@@ -1029,6 +1029,11 @@ impl Skiffd {
         fs::read_to_string(self.dir.path().join("skiffd.log")).unwrap_or_default()
     }
 
+    /// skiffd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9` skiffd (its tasks' shims live on).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
