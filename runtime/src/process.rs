@@ -46,7 +46,7 @@ impl Watched {
     }
 }
 
-/// The start time of `pid` (clock ticks since boot), from /proc/<pid>/stat.
+/// The start time of `pid` (clock ticks since boot), from `/proc/<pid>/stat`.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.

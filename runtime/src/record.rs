@@ -59,7 +59,7 @@ pub enum ContainerStatus {
 pub struct ShimRef {
     /// Its pid.
     pub pid: i32,
-    /// Its start time (clock ticks after boot, /proc/<pid>/stat field 22): a pid reused by
+    /// Its start time (clock ticks after boot, `/proc/<pid>/stat` field 22): a pid reused by
     /// another process after a crash does not match.
     pub start_time: u64,
 }

@@ -352,7 +352,7 @@ fn pump(
 /// its own stdin and stdout, in raw mode and at its window size when they are a terminal, until
 /// the process has exited and its output is drained.
 ///
-/// The container's seccomp filter is loaded by [`SeccompExecutor`] (libcontainer's tenant
+/// The container's seccomp filter is loaded by `SeccompExecutor` (libcontainer's tenant
 /// builder drops it).
 pub fn exec(
     id: &str,
