@@ -496,6 +496,8 @@ impl Runner {
         r.last_status = ContainerStatus::Stopped;
         r.shim = None;
         r.pid = None;
+        // No verdict on a container that does not run (ECS reports UNKNOWN).
+        r.health_status = Health::Unknown;
         r.exit_code = status.as_ref().map(|s| s.exit_code);
         r.reason = match &status {
             Some(s) if s.oom_killed => {
@@ -505,6 +507,7 @@ impl Runner {
             None => Some("skiff-shim exited without recording the container's exit".into()),
         };
         let code = r.exit_code.unwrap_or(-1);
+        self.rec.health_status = self.task_health();
         self.save();
         let stopping = self.stopping();
         match after_exit(def.restart_policy.as_ref(), code, ran_for, stopping) {

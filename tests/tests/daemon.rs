@@ -204,6 +204,14 @@ fn depends_on_conditions_and_health_checks() {
     // Only essential containers make the task's health: db is.
     assert_eq!(rec["healthStatus"], "HEALTHY", "{rec:#}");
     d.ok(&["task", "stop", &id]);
+    // Stopped containers have no health verdict, nor has the task.
+    let rec = d.describe(&id);
+    assert_eq!(
+        Skiffd::container(&rec, "db")["healthStatus"],
+        "UNKNOWN",
+        "{rec:#}"
+    );
+    assert_eq!(rec["healthStatus"], "UNKNOWN", "{rec:#}");
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }
 
