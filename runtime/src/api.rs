@@ -54,9 +54,9 @@ pub enum ApiError {
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {
         let status = match &self {
-            DaemonError::InvalidTaskDefinition(_) | DaemonError::Ambiguous(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            DaemonError::InvalidTaskDefinition(_)
+            | DaemonError::Ambiguous(_)
+            | DaemonError::Unsupported(_) => StatusCode::BAD_REQUEST,
             DaemonError::NoSuchTask(_) | DaemonError::NoSuchContainer { .. } => {
                 StatusCode::NOT_FOUND
             }

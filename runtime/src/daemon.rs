@@ -20,7 +20,7 @@ use crate::provision::{ContainerFiles, Host};
 use crate::record::{ContainerRecord, ContainerStatus, RecordError, Records, TaskRecord, now};
 use crate::runner::{Event, Runner};
 use crate::stats::{self, TaskStats};
-use crate::taskdef::{TaskDefinition, TaskDefinitionError};
+use crate::taskdef::{CpuArchitecture, NetworkMode, TaskDefinition, TaskDefinitionError};
 
 /// Errors of the task service.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,9 @@ pub enum DaemonError {
     /// The task definition was refused (its error says `task definition: <field>: <why>`).
     #[error("invalid {0}")]
     InvalidTaskDefinition(TaskDefinitionError),
+    /// The definition asks for what this node cannot do (yet); ECS would not place it here.
+    #[error("this node cannot run the task: {0}")]
+    Unsupported(String),
     /// No task has this id (or unique id prefix).
     #[error("no task {0}")]
     NoSuchTask(String),
@@ -126,6 +129,46 @@ fn new_task_id() -> String {
         .is_ok();
     assert!(ok, "reading /dev/urandom");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a task asks of the node that this node cannot give, as ECS's placement would refuse
+/// it: networking beyond `none` and `host` (netd/), microVM isolation, another CPU architecture.
+fn node_supports(def: &TaskDefinition) -> Result<(), String> {
+    match def.network_mode() {
+        NetworkMode::None | NetworkMode::Host => {}
+        other => {
+            return Err(format!(
+                "networkMode {} (the default when none is given) is not available on this node yet; use \"none\" or \"host\"",
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if def.wants_vm() {
+        return Err(
+            "requiresCompatibilities FARGATE asks for microVM isolation, not available on this node yet"
+                .into(),
+        );
+    }
+    let node = match std::env::consts::ARCH {
+        "x86_64" => Some(CpuArchitecture::X86_64),
+        "aarch64" => Some(CpuArchitecture::Arm64),
+        _ => None,
+    };
+    if let Some(want) = def
+        .runtime_platform
+        .as_ref()
+        .and_then(|p| p.cpu_architecture)
+        && Some(want) != node
+    {
+        return Err(format!(
+            "runtimePlatform.cpuArchitecture {want:?} does not match this node ({})",
+            std::env::consts::ARCH
+        ));
+    }
+    Ok(())
 }
 
 /// Takes `<root>/skiffd.lock`, or says who has it: one skiffd per state root.
@@ -294,6 +337,7 @@ impl Daemon {
     pub fn run_task(&self, definition: &str) -> Result<TaskRecord, DaemonError> {
         let def =
             TaskDefinition::from_json(definition).map_err(DaemonError::InvalidTaskDefinition)?;
+        node_supports(&def).map_err(DaemonError::Unsupported)?;
         let task_id = new_task_id();
         let containers = def
             .container_definitions

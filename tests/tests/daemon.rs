@@ -81,6 +81,24 @@ fn bad_input_is_refused_clearly_and_failed_starts_leave_nothing() {
             "{def}: {err}"
         );
     }
+    // What the node cannot do (yet) is refused up front, naming it.
+    let other_arch = if cfg!(target_arch = "x86_64") {
+        "ARM64"
+    } else {
+        "X86_64"
+    };
+    for (def, says) in [
+        (r#"{"family":"x","containerDefinitions":[{"name":"a","image":"busybox","memory":64}]}"#.to_owned(), "networkMode bridge"),
+        (r#"{"family":"x","networkMode":"awsvpc","containerDefinitions":[{"name":"a","image":"busybox","memory":64}]}"#.to_owned(), "networkMode awsvpc"),
+        (r#"{"family":"x","networkMode":"none","requiresCompatibilities":["FARGATE"],"cpu":"256","memory":"512","containerDefinitions":[{"name":"a","image":"busybox"}]}"#.to_owned(), "FARGATE"),
+        (format!(r#"{{"family":"x","networkMode":"none","runtimePlatform":{{"cpuArchitecture":"{other_arch}"}},"containerDefinitions":[{{"name":"a","image":"busybox","memory":64}}]}}"#), "cpuArchitecture"),
+    ] {
+        std::fs::write(&file, &def).unwrap();
+        let out = d.cmd(&["task", "run", "-f", file.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("this node cannot run the task") && err.contains(says), "{def}: {err}");
+    }
     assert!(d.ok(&["task", "ls", "-a", "-q"]).trim().is_empty());
 
     // An image that is nowhere: the task fails to start, with the reason.
