@@ -45,7 +45,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use skiff_tests::{
-    Auth, Compression, ImageSpec, Layer, Registry, Skiff, privileged, sh, workspace_bin,
+    Auth, Compression, ImageSpec, Layer, Registry, Skiff, bench_may_run, sh, workspace_bin,
     write_layout,
 };
 use tempfile::TempDir;
@@ -61,10 +61,8 @@ const REPO: &str = "bench/pull";
 const TAG: &str = "1.0";
 
 fn main() -> ExitCode {
-    match std::panic::catch_unwind(|| privileged("pull benchmark")) {
-        Ok(true) => {}
-        Ok(false) => return ExitCode::SUCCESS,
-        Err(_) => return ExitCode::FAILURE,
+    if let Err(code) = bench_may_run("pull benchmark") {
+        return code;
     }
     let skiff_bin = std::env::current_exe()
         .ok()

@@ -63,7 +63,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::{Value, json};
 use skiff_runtime::client::Client;
-use skiff_tests::{BUSYBOX, Skiffd, privileged, workspace_bin};
+use skiff_tests::{BUSYBOX, Skiffd, bench_may_run, remove_cgroup_parent, workspace_bin};
 
 const RERUN: &str = "cargo build --release --workspace && cargo bench -p skiff-tests --bench tasks";
 const WARMUP: usize = 5;
@@ -86,10 +86,8 @@ struct Params {
 }
 
 fn main() -> ExitCode {
-    match std::panic::catch_unwind(|| privileged("task benchmark")) {
-        Ok(true) => {}
-        Ok(false) => return ExitCode::SUCCESS,
-        Err(_) => return ExitCode::FAILURE,
+    if let Err(code) = bench_may_run("task benchmark") {
+        return code;
     }
     let release = std::env::current_exe()
         .ok()
@@ -205,10 +203,11 @@ impl<'a> Skiff<'a> {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        self.wait_and_remove(id).await
+        self.wait_and_remove(id).await.map(drop)
     }
 
-    async fn wait_and_remove(&self, id: &str) -> Result<()> {
+    /// Waits for task `id` to stop, removes it, and returns its last record.
+    async fn wait_and_remove(&self, id: &str) -> Result<Value> {
         let rec: Value = self
             .client
             .call(
@@ -222,7 +221,7 @@ impl<'a> Skiff<'a> {
             .client
             .call(Method::DELETE, &format!("/v1/tasks/{id}"), Bytes::new())
             .await?;
-        Ok(())
+        Ok(rec)
     }
 
     /// Timed: POST ?wait=running. Returns seconds.
@@ -242,18 +241,7 @@ impl<'a> Skiff<'a> {
             .call(Method::POST, "/v1/tasks", self.true_def.clone())
             .await?;
         let id = str_field(&rec, "taskId")?;
-        let rec: Value = self
-            .client
-            .call(
-                Method::GET,
-                &format!("/v1/tasks/{id}?wait=stopped"),
-                Bytes::new(),
-            )
-            .await?;
-        let _: Value = self
-            .client
-            .call(Method::DELETE, &format!("/v1/tasks/{id}"), Bytes::new())
-            .await?;
+        let rec = self.wait_and_remove(id).await?;
         let dt = t.elapsed().as_secs_f64();
         ensure!(
             rec["containers"][0]["exitCode"] == 0,
@@ -488,23 +476,9 @@ impl Peer {
             .unwrap_or(0)
     }
 
-    /// Removes the cgroup parent from every v1 hierarchy (and v2, if any).
+    /// Removes the cgroup parent from every hierarchy.
     fn remove_cgroups(&self) {
-        for ctrl in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let p = ctrl.path().join(&self.cgroup_parent);
-            if p.is_dir() {
-                for e in fs::read_dir(&p).into_iter().flatten().flatten() {
-                    if e.path().is_dir() {
-                        let _ = fs::remove_dir(e.path());
-                    }
-                }
-                let _ = fs::remove_dir(&p);
-            }
-        }
+        remove_cgroup_parent(&self.cgroup_parent);
     }
 }
 

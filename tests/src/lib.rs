@@ -911,6 +911,58 @@ pub fn busybox_layer() -> Vec<u8> {
         .finish()
 }
 
+/// `skiff-shim run` of container `id` from `bundle` (its exit file and logs inside it), with
+/// libcontainer's state in `state` and `stop_timeout` seconds before SIGKILL; output piped.
+pub fn shim_run(id: &str, bundle: &Path, state: &Path, stop_timeout: u64) -> Command {
+    let mut c = Command::new(workspace_bin("skiff-shim"));
+    c.args(["run", "--id", id])
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--state-root")
+        .arg(state)
+        .arg("--exit-file")
+        .arg(bundle.join("exit"))
+        .arg("--log-dir")
+        .arg(bundle.join("logs"))
+        .args(["--stop-timeout", &stop_timeout.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Removes cgroup `parent` and its descendants (empty ones: their processes must be gone) from
+/// every hierarchy, v1 and v2.
+pub fn remove_cgroup_parent(parent: &str) {
+    fn remove(dir: &Path) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove(&e.path());
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    for ctrl in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = ctrl.path().join(parent);
+        if p.is_dir() {
+            remove(&p);
+        }
+    }
+}
+
+/// The start of a benchmark binary: Ok when it may run (root), else the exit code to return
+/// (0 when it says why it cannot run, 1 under `SKIFF_REQUIRE_PRIVILEGED=1`).
+pub fn bench_may_run(what: &str) -> std::result::Result<(), std::process::ExitCode> {
+    match std::panic::catch_unwind(|| privileged(what)) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(std::process::ExitCode::SUCCESS),
+        Err(_) => Err(std::process::ExitCode::FAILURE),
+    }
+}
+
 /// Writes the busybox test image ([`busybox_layer`]) as an OCI layout at `dir`, tag `1`.
 pub fn write_busybox_layout(dir: &Path) {
     write_layout(
@@ -1197,21 +1249,6 @@ impl Drop for Skiffd {
             }
         }
         self.kill9();
-        for ctrl in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let p = ctrl.path().join(&self.cgroup_parent);
-            if p.is_dir() {
-                for e in fs::read_dir(&p).into_iter().flatten().flatten() {
-                    for sub in fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                        let _ = fs::remove_dir(sub.path());
-                    }
-                    let _ = fs::remove_dir(e.path());
-                }
-                let _ = fs::remove_dir(&p);
-            }
-        }
+        remove_cgroup_parent(&self.cgroup_parent);
     }
 }

@@ -151,22 +151,8 @@ fn run_in_task(name: &str, container: &str, limits: TaskLimits, stop: Option<Sto
     spec.save(bundle.join("config.json")).unwrap();
     let state = skiff.dir.path().join("state");
     let (logs, exit) = (bundle.join("logs"), bundle.join("exit"));
-    let timeout = stop.as_ref().map_or(30, |s| s.timeout).to_string();
-    let child = Command::new(workspace_bin("skiff-shim"))
-        .args(["run", "--id", name])
-        .arg("--bundle")
-        .arg(&bundle)
-        .arg("--state-root")
-        .arg(&state)
-        .arg("--exit-file")
-        .arg(&exit)
-        .arg("--log-dir")
-        .arg(&logs)
-        .args(["--stop-timeout", &timeout])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let timeout = stop.as_ref().map_or(30, |s| s.timeout);
+    let child = shim_run(name, &bundle, &state, timeout).spawn().unwrap();
     let mut execs = Vec::new();
     if let Some(stop) = &stop {
         std::thread::sleep(stop.after);

@@ -115,21 +115,7 @@ impl Task {
         spec.save(bundle.join("config.json")).unwrap();
         let state = self.dir().join("state");
         let (logs, exit) = (bundle.join("logs"), bundle.join("exit"));
-        let child = Command::new(workspace_bin("skiff-shim"))
-            .args(["run", "--id", &id])
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg("--state-root")
-            .arg(&state)
-            .arg("--exit-file")
-            .arg(&exit)
-            .arg("--log-dir")
-            .arg(&logs)
-            .args(["--stop-timeout", "5"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = shim_run(&id, &bundle, &state, 5).spawn().unwrap();
         if let Some(after) = stop {
             std::thread::sleep(after);
             sh(Command::new("kill").args(["-TERM", &child.id().to_string()])).unwrap();
