@@ -186,19 +186,7 @@ impl TaskCgroup {
 
     /// The task cgroups under `parent` in any hierarchy, by task id.
     pub fn list(layout: &Layout, parent: &str) -> Vec<String> {
-        let parents = match layout {
-            Layout::V2 { root } => vec![root.join(parent)],
-            Layout::V1 { root } => fs::read_dir(root)
-                .map(|rd| {
-                    rd.flatten()
-                        .map(|e| e.path())
-                        .filter(|p| !p.is_symlink())
-                        .map(|p| p.join(parent))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
-        let mut ids: Vec<String> = parents
+        let mut ids: Vec<String> = in_hierarchies(layout, Path::new(parent))
             .iter()
             .filter_map(|p| fs::read_dir(p).ok())
             .flat_map(|rd| rd.flatten())
@@ -222,19 +210,7 @@ impl TaskCgroup {
 
     /// Every directory of this task's cgroup, in every hierarchy where it exists.
     fn dirs(&self) -> Vec<PathBuf> {
-        match &self.layout {
-            Layout::V2 { root } => vec![root.join(&self.rel)],
-            Layout::V1 { root } => fs::read_dir(root)
-                .map(|rd| {
-                    rd.flatten()
-                        .map(|e| e.path())
-                        .filter(|p| !p.is_symlink())
-                        .map(|p| p.join(&self.rel))
-                        .filter(|p| p.is_dir())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
+        in_hierarchies(&self.layout, &self.rel)
     }
 
     /// Removes the task's cgroup (children first) in every hierarchy. Its processes must be gone.
@@ -243,6 +219,24 @@ impl TaskCgroup {
             remove_tree(&dir)?;
         }
         Ok(())
+    }
+}
+
+/// The directories of cgroup `rel` that exist: in the unified hierarchy, or in each v1
+/// hierarchy (co-mount symlinks such as `cpu,cpuacct` aliases skipped).
+fn in_hierarchies(layout: &Layout, rel: &Path) -> Vec<PathBuf> {
+    match layout {
+        Layout::V2 { root } => vec![root.join(rel)],
+        Layout::V1 { root } => fs::read_dir(root)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| !p.is_symlink())
+                    .map(|p| p.join(rel))
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
