@@ -118,6 +118,19 @@ pub struct Host {
     pub init_binary: PathBuf,
 }
 
+impl Host {
+    /// `skiff-shim <subcommand> --id <runtime_id>` on this node's libcontainer state, stdin on
+    /// /dev/null: how skiffd reaches libcontainer (never in-process).
+    pub fn shim_command(&self, subcommand: &str, runtime_id: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.shim);
+        c.arg("--state-root")
+            .arg(&self.state_root)
+            .args([subcommand, "--id", runtime_id])
+            .stdin(Stdio::null());
+        c
+    }
+}
+
 /// Where a container's files live in its task's directory.
 #[derive(Clone, Debug)]
 pub struct ContainerFiles {
@@ -167,18 +180,22 @@ pub async fn provision(
         policy: host.pull_policy,
         ..Default::default()
     };
-    let mut pulled: HashMap<String, skiff_images::store::ImageRecord> = HashMap::new();
+    // Each distinct image once: its record and run config, whatever number of containers use it.
+    let mut pulled: HashMap<String, (skiff_images::store::ImageRecord, ImageRunConfig)> =
+        HashMap::new();
     for c in &mut rec.containers {
         if !pulled.contains_key(&c.image) {
-            let image = host.images.pull(&c.image, &opts).await.map_err(|source| {
-                ProvisionError::Image {
-                    image: c.image.clone(),
-                    source: Box::new(source),
-                }
-            })?;
-            pulled.insert(c.image.clone(), image);
+            let failed = |source| ProvisionError::Image {
+                image: c.image.clone(),
+                source: Box::new(source),
+            };
+            let image = host.images.pull(&c.image, &opts).await.map_err(failed)?;
+            // A small blob read, off the async workers like every other file access here.
+            let config =
+                tokio::task::block_in_place(|| host.images.config_of(&image)).map_err(failed)?;
+            pulled.insert(c.image.clone(), (image, run_config(&config)));
         }
-        c.image_digest = Some(pulled[&c.image].manifest_digest.to_string());
+        c.image_digest = Some(pulled[&c.image].0.manifest_digest.to_string());
     }
     let cgroup = TaskCgroup::create_in(
         host.layout.clone(),
@@ -215,25 +232,22 @@ pub async fn provision(
             .container(&c.name)
             .map(|r| r.runtime_id.clone())
             .expect("a record per container");
-        let image = pulled[&c.image].clone();
+        let (image, run) = pulled[&c.image].clone();
         let files = ContainerFiles::new(task_dir, &c.name);
         let (images, id) = (host.images.clone(), runtime_id.clone());
-        let (rootfs, config) = tokio::task::spawn_blocking(move || {
-            let config = images.config_of(&image)?;
-            Ok::<_, skiff_images::ImageError>((images.store().create_rootfs(&id, &image)?, config))
-        })
-        .await
-        .expect("rootfs task")
-        .map_err(|source| ProvisionError::Image {
-            image: c.image.clone(),
-            source: Box::new(source),
-        })?;
+        let rootfs = tokio::task::spawn_blocking(move || images.store().create_rootfs(&id, &image))
+            .await
+            .expect("rootfs task")
+            .map_err(|source| ProvisionError::Image {
+                image: c.image.clone(),
+                source: Box::new(source.into()),
+            })?;
         let passwd = read_in_root(&rootfs.path, "etc/passwd");
         let group = read_in_root(&rootfs.path, "etc/group");
         let env_files = env_files(c)?;
         let spec = build_spec(&SpecInputs {
             def: c,
-            image: &run_config(&config),
+            image: &run,
             network_mode: def.network_mode(),
             netns_path: None,
             pid_mode: def.pid_mode,
@@ -434,10 +448,8 @@ pub async fn start(
     let shim_log =
         std::fs::File::create(files.shim_log()).map_err(io("create", &files.shim_log()))?;
     let rot = rotation(c);
-    let mut child = tokio::process::Command::new(&host.shim)
-        .arg("--state-root")
-        .arg(&host.state_root)
-        .args(["run", "--id", runtime_id])
+    let mut child = host
+        .shim_command("run", runtime_id)
         .arg("--bundle")
         .arg(&files.bundle)
         .arg("--exit-file")
@@ -450,7 +462,6 @@ pub async fn start(
         .arg(rot.max_files.to_string())
         .arg("--stop-timeout")
         .arg(c.stop_timeout.unwrap_or(30).to_string())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(shim_log)
         // Its own process group: a Ctrl-C meant for a foreground skiffd must not reach it.
@@ -496,13 +507,7 @@ pub async fn delete_container(host: &Host, runtime_id: &str) {
     if !host.state_root.join(runtime_id).exists() {
         return;
     }
-    let out = tokio::process::Command::new(&host.shim)
-        .arg("--state-root")
-        .arg(&host.state_root)
-        .args(["delete", "--id", runtime_id])
-        .stdin(Stdio::null())
-        .output()
-        .await;
+    let out = host.shim_command("delete", runtime_id).output().await;
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) => {

@@ -544,12 +544,10 @@ async fn health_checks(
 ) {
     loop {
         tokio::time::sleep(settings.interval).await;
-        let child = tokio::process::Command::new(&host.shim)
-            .arg("--state-root")
-            .arg(&host.state_root)
-            .args(["exec", "--id", &runtime_id, "--"])
+        let child = host
+            .shim_command("exec", &runtime_id)
+            .arg("--")
             .args(&settings.argv)
-            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
