@@ -258,21 +258,20 @@ impl Daemon {
 
     /// Removes containers, root filesystems and cgroups of tasks that are gone or stopped.
     async fn clean_orphans(&self, recs: &[TaskRecord]) {
-        let live: HashMap<&str, &TaskRecord> = recs
+        let live: std::collections::HashSet<&str> = recs
             .iter()
             .filter(|r| !matches!(r.status, TaskStatus::Stopped(_)))
-            .map(|r| (r.task_id.as_str(), r))
+            .map(|r| r.task_id.as_str())
             .collect();
-        let owner_is_live = |id: &str| {
-            id.split_once('-')
-                .is_some_and(|(task, _)| live.contains_key(task))
-        };
+        // Only what carries a task id (`<task>` or `<task>-<container>`) is ours to judge:
+        // anything else on the host is left alone.
+        let orphan = |task: &str| is_task_id(task) && !live.contains(task);
+        let orphan_container = |id: &str| id.split_once('-').is_some_and(|(t, _)| orphan(t));
         // Containers: libcontainer state of a task-owned id.
         if let Ok(rd) = std::fs::read_dir(&self.host.state_root) {
             for e in rd.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
-                let ours = id.split_once('-').is_some_and(|(t, _)| is_task_id(t));
-                if ours && !owner_is_live(&id) {
+                if orphan_container(&id) {
                     tracing::info!(container = %id, "removing a container of no live task");
                     crate::provision::delete_container(&self.host, &id).await;
                 }
@@ -282,8 +281,7 @@ impl Daemon {
         let store = self.host.images.store().clone();
         let leases = store.list_rootfs().unwrap_or_default();
         for lease in leases {
-            let ours = lease.id.split_once('-').is_some_and(|(t, _)| is_task_id(t));
-            if ours && !owner_is_live(&lease.id) {
+            if orphan_container(&lease.id) {
                 tracing::info!(rootfs = %lease.id, "removing a root filesystem of no live task");
                 if let Err(e) = store.remove_rootfs(&lease.id) {
                     tracing::warn!(rootfs = %lease.id, error = %e, "removing root filesystem");
@@ -297,13 +295,13 @@ impl Daemon {
             .flatten()
         {
             let id = e.file_name().to_string_lossy().into_owned();
-            if is_task_id(&id) && !live.contains_key(id.as_str()) {
+            if orphan(&id) {
                 crate::ipcns::remove(&e.path());
             }
         }
         // Task cgroups.
         for id in TaskCgroup::list(&self.host.layout, &self.host.cgroup_parent) {
-            if is_task_id(&id) && !live.contains_key(id.as_str()) {
+            if orphan(&id) {
                 let cg =
                     TaskCgroup::existing(self.host.layout.clone(), &self.host.cgroup_parent, &id);
                 if let Err(e) = cg.remove() {
