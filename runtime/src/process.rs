@@ -18,14 +18,13 @@ pub struct Watched {
 }
 
 impl Watched {
-    /// Opens process `pid`, if it still exists and started at `start_time` (when given).
-    pub fn open(pid: i32, start_time: Option<u64>) -> Option<Self> {
+    /// Opens process `pid`, if it still exists and started at `start_time` (clock ticks after
+    /// boot, as [`start_time`] reads it): a pid reused since is not the process meant.
+    pub fn open(pid: i32, start_time: u64) -> Option<Self> {
         let fd = pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()?;
         // Checked after opening: the pidfd pins this process, so the pid cannot be reused
         // between the check and the watch.
-        if let Some(t) = start_time
-            && self::start_time(pid) != Some(t)
-        {
+        if self::start_time(pid) != Some(start_time) {
             return None;
         }
         Some(Self {
@@ -66,11 +65,8 @@ mod tests {
             .unwrap();
         let pid = child.id() as i32;
         let t = start_time(pid).unwrap();
-        assert!(
-            Watched::open(pid, Some(t + 1)).is_none(),
-            "wrong start time"
-        );
-        let w = Watched::open(pid, Some(t)).unwrap();
+        assert!(Watched::open(pid, t + 1).is_none(), "wrong start time");
+        let w = Watched::open(pid, t).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), w.exited())
             .await
             .unwrap();

@@ -183,7 +183,7 @@ impl Runner {
             let ago = Duration::from_secs_f64((now() - started_at.unwrap_or_else(now)).max(0.0));
             let started = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
             self.started.insert(name.clone(), started);
-            match shim.and_then(|s| Watched::open(s.pid, Some(s.start_time))) {
+            match shim.and_then(|s| Watched::open(s.pid, s.start_time)) {
                 Some(w) => self.watch(&name, run, w),
                 None => {
                     let _ = self.tx.send(Event::Exited { name, run });
@@ -310,7 +310,7 @@ impl Runner {
         let run = r.restart_count;
         self.started.insert(name.to_owned(), Instant::now());
         self.save();
-        match Watched::open(shim.pid, Some(shim.start_time)) {
+        match Watched::open(shim.pid, shim.start_time) {
             Some(w) => self.watch(name, run, w),
             // Already gone: the container ran and exited in no time.
             None => {
@@ -363,7 +363,7 @@ impl Runner {
         if matches!(self.rec.status, TaskStatus::Deprovisioning(_)) {
             self.save();
             if let Some(pause) = self.rec.pause.take()
-                && let Some(w) = Watched::open(pause.pid, Some(pause.start_time))
+                && let Some(w) = Watched::open(pause.pid, pause.start_time)
             {
                 // The holder's shim kills it at once (stopTimeout 0); release deletes leftovers.
                 w.signal(Signal::TERM);
