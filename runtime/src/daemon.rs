@@ -446,8 +446,8 @@ impl Daemon {
 
     /// Forgets a stopped task: its record, logs and directory.
     pub fn remove(&self, id: &str) -> Result<(), DaemonError> {
-        let id = self.resolve(id)?;
-        let rec = self.describe(&id)?;
+        let rec = self.describe(id)?;
+        let id = rec.task_id;
         if !matches!(rec.status, TaskStatus::Stopped(_)) {
             return Err(DaemonError::NotStopped(id));
         }
@@ -500,7 +500,11 @@ impl Daemon {
 
     /// Task `id`'s resource use: its cgroup's and each running container's.
     pub fn stats(&self, id: &str) -> Result<TaskStats, DaemonError> {
-        let rec = self.describe(id)?;
+        self.sample(&self.describe(id)?)
+    }
+
+    /// The stats of the task whose record is `rec`.
+    fn sample(&self, rec: &TaskRecord) -> Result<TaskStats, DaemonError> {
         let not_running = || DaemonError::NotRunning {
             task: rec.task_id.clone(),
             container: "(any)".into(),
@@ -537,7 +541,7 @@ impl Daemon {
             .list()
             .iter()
             .filter(|r| !matches!(r.status, TaskStatus::Stopped(_)))
-            .filter_map(|r| self.stats(&r.task_id).ok())
+            .filter_map(|r| self.sample(r).ok())
             .collect();
         stats::render(&samples)
     }
