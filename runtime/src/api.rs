@@ -180,21 +180,19 @@ async fn logs(
     // Files are read with blocking calls; the stream ends when the client goes away or, when
     // following, once the container has stopped and its last lines are out.
     tokio::task::spawn_blocking(move || {
-        for l in crate::logs::read(&dir, q.tail) {
-            if tx.blocking_send(line(&l)).is_err() {
-                return;
-            }
+        let send = |l: LogLine| tx.blocking_send(line(&l)).is_ok();
+        if !q.follow {
+            crate::logs::read(&dir, q.tail).into_iter().all(send);
+            return;
         }
-        if q.follow {
-            let stopped = || {
-                let rec = state.borrow();
-                tx.is_closed()
-                    || rec
-                        .container(&name)
-                        .is_none_or(|c| c.last_status == crate::record::ContainerStatus::Stopped)
-            };
-            crate::logs::follow(&dir, |l| tx.blocking_send(line(&l)).is_ok(), stopped);
-        }
+        let stopped = || {
+            let rec = state.borrow();
+            tx.is_closed()
+                || rec
+                    .container(&name)
+                    .is_none_or(|c| c.last_status == crate::record::ContainerStatus::Stopped)
+        };
+        crate::logs::follow(&dir, q.tail, send, stopped);
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))

@@ -278,18 +278,40 @@ fn drain(r: &mut BufReader<File>, f: &mut impl FnMut(LogLine) -> bool) -> (bool,
     }
 }
 
-/// Follows the current log from its end (after `read`), calling `f` for each new line, across
-/// rotations, until `f` returns false or `stop` says so (checked between polls).
-pub fn follow(dir: &Path, mut f: impl FnMut(LogLine) -> bool, stop: impl Fn() -> bool) {
+/// Follows the log in `dir`: first what is there (the last `tail` lines, all when None), then
+/// each new line as it is written, across rotations, calling `f` for each, until `f` returns
+/// false or `stop` says so (checked between polls). The backlog's end and the follow's start
+/// are one position of one open file, so a line written meanwhile is delivered exactly once.
+pub fn follow(
+    dir: &Path,
+    tail: Option<usize>,
+    mut f: impl FnMut(LogLine) -> bool,
+    stop: impl Fn() -> bool,
+) {
     use std::os::unix::fs::MetadataExt;
     let path = dir.join(LOG_FILE);
     let open = || File::open(&path).ok().map(BufReader::new);
     let ino = || fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
     let mut reader = open();
-    if let Some(r) = reader.as_mut() {
-        let _ = r.seek(SeekFrom::End(0));
-    }
     let mut inode = ino();
+    let mut backlog = Vec::new();
+    for rotated in files(dir).iter().filter(|p| **p != path) {
+        if let Ok(file) = File::open(rotated) {
+            parse_lines(BufReader::new(file), &mut backlog);
+        }
+    }
+    if let Some(r) = reader.as_mut() {
+        drain(r, &mut |l| {
+            backlog.push(l);
+            true
+        });
+    }
+    let skip = tail.map_or(0, |n| backlog.len().saturating_sub(n));
+    for line in backlog.into_iter().skip(skip) {
+        if !f(line) {
+            return;
+        }
+    }
     loop {
         let (progressed, go_on) = reader.as_mut().map_or((false, true), |r| drain(r, &mut f));
         if !go_on {
@@ -430,6 +452,7 @@ mod tests {
             let mut n = 0;
             follow(
                 &d,
+                Some(0),
                 |l| {
                     tx.send(l.log).unwrap();
                     n += 1;
@@ -454,6 +477,40 @@ mod tests {
             dir.path().join("container.log.1").exists(),
             "rotation happened"
         );
+    }
+
+    #[test]
+    fn follow_starts_with_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let rot = Rotation {
+            max_size: 30,
+            max_files: 3,
+        };
+        let mut w = LogWriter::open(dir.path(), rot).unwrap();
+        for i in 0..4 {
+            w.write(Stream::Stdout, format!("line {i}\n").as_bytes())
+                .unwrap();
+        }
+        w.flush().unwrap();
+        let collect = |tail| {
+            let mut seen = Vec::new();
+            follow(
+                dir.path(),
+                tail,
+                |l| {
+                    seen.push(l.log);
+                    true
+                },
+                || true,
+            );
+            seen
+        };
+        // What `read` gives (rotated files oldest first, then the current one), the same lines.
+        let all: Vec<String> = read(dir.path(), None).into_iter().map(|l| l.log).collect();
+        assert!(all.len() > 1 && dir.path().join("container.log.1").exists());
+        assert_eq!(collect(None), all);
+        assert_eq!(collect(Some(1)), ["line 3\n"]);
+        assert!(collect(Some(0)).is_empty());
     }
 
     #[test]
