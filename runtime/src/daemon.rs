@@ -251,11 +251,6 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// The node configuration.
-    pub fn config(&self) -> &NodeConfig {
-        &self.cfg
-    }
-
     /// Removes containers, root filesystems and cgroups of tasks that are gone or stopped.
     async fn clean_orphans(&self, recs: &[TaskRecord]) {
         let live: std::collections::HashSet<&str> = recs
