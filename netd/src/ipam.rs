@@ -90,11 +90,14 @@ pub enum IpamError {
     Exists(String),
 }
 
-/// A transport protocol of a port mapping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A transport protocol of a port mapping (ECS `portMappings[].protocol`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// TCP.
+    /// TCP (the default).
+    #[default]
     Tcp,
     /// UDP.
     Udp,

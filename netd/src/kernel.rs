@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, setns, unshare};
+use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::link::{IpVlanMode, LinkAttribute, MacVlanMode};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{
@@ -245,29 +244,12 @@ const fn libc_eexist() -> i32 {
 
 impl Kernel for Netlink {
     fn create_netns(&self, path: &Path) -> Result<(), KernelError> {
-        std::fs::File::create(path).map_err(sys("create", path))?;
-        let target = path.to_owned();
-        let made = std::thread::spawn(move || -> nix::Result<()> {
-            unshare(CloneFlags::CLONE_NEWNET)?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-        })
-        .join()
-        .expect("netns thread");
-        made.map_err(|e| {
-            let _ = std::fs::remove_file(path);
-            sys("unshare and bind a network namespace at", path)(e.into())
-        })
+        crate::nsfs::bind_new(CloneFlags::CLONE_NEWNET, path)
+            .map_err(sys("unshare and bind a network namespace at", path))
     }
 
     fn remove_netns(&self, path: &Path) {
-        let _ = umount2(path, MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(path);
+        crate::nsfs::unbind(path);
     }
 
     fn sysctl(&self, key: &str, value: &str) -> Result<(), KernelError> {

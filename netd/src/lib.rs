@@ -15,6 +15,7 @@ pub mod ipam;
 pub mod kernel;
 mod network;
 pub mod nft;
+pub mod nsfs;
 pub mod ports;
 
 pub use config::{AwsvpcConfig, LanPool, NetConfig};

@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub stopped_task_retention: Duration,
     /// Prometheus text endpoint, off when absent; must be a loopback address.
     pub metrics_address: Option<SocketAddr>,
+    /// Task networking (`[network]`): bridge, awsvpc, DNS, the metadata endpoint.
+    pub network: skiff_netd::NetConfig,
 }
 
 impl Default for NodeConfig {
@@ -94,6 +96,7 @@ impl Default for NodeConfig {
             shim: None,
             stopped_task_retention: Duration::from_secs(3600),
             metrics_address: None,
+            network: skiff_netd::NetConfig::default(),
         }
     }
 }
@@ -142,6 +145,7 @@ impl NodeConfig {
                 "metrics_address {addr}: the metrics endpoint listens on loopback only"
             )));
         }
+        cfg.network.validate().map_err(|e| invalid(e.to_string()))?;
         Ok(cfg)
     }
 
@@ -197,5 +201,7 @@ mod tests {
         assert!(e.to_string().contains("loopback"), "{e}");
         let e = NodeConfig::parse("image_pull_behavior = \"sometimes\"\n", p).unwrap_err();
         assert!(e.to_string().contains("sometimes"), "{e}");
+        let e = NodeConfig::parse("[network]\ndynamic_ports = \"x\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("network.dynamic_ports"), "{e}");
     }
 }

@@ -16,7 +16,7 @@ use crate::cgroups::{CGROUP_ROOT, Layout, TaskCgroup};
 use crate::config::NodeConfig;
 use crate::lifecycle::{Stop, StopCode, TaskStatus};
 use crate::orchestration::Health;
-use crate::provision::{ContainerFiles, Host};
+use crate::provision::{ContainerFiles, Host, Networking};
 use crate::record::{ContainerRecord, ContainerStatus, RecordError, Records, TaskRecord, now};
 use crate::runner::{Event, Runner};
 use crate::stats::{self, TaskStats};
@@ -74,6 +74,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The node's netlink socket could not be opened.
+    #[error(transparent)]
+    Network(#[from] skiff_netd::NetError),
     /// The seccomp profile could not be read.
     #[error("reading seccomp profile {path}")]
     Seccomp {
@@ -132,19 +135,24 @@ fn new_task_id() -> String {
 }
 
 /// What a task asks of the node that this node cannot give, as ECS's placement would refuse
-/// it: networking beyond `none` and `host` (netd/), microVM isolation, another CPU architecture.
-fn node_supports(def: &TaskDefinition) -> Result<(), String> {
-    match def.network_mode() {
-        NetworkMode::None | NetworkMode::Host => {}
-        other => {
+/// it: a network mode the node's networking is not set up for, microVM isolation, another CPU
+/// architecture.
+fn node_supports(def: &TaskDefinition, net: &Networking) -> Result<(), String> {
+    match (def.network_mode(), net) {
+        (NetworkMode::None | NetworkMode::Host, _) => {}
+        (mode, Networking::Unavailable(why)) => {
             return Err(format!(
-                "networkMode {} (the default when none is given) is not available on this node yet; use \"none\" or \"host\"",
-                serde_json::to_value(other)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                "networkMode {} needs the node's networking, which did not start: {why}",
+                mode.as_str()
             ));
         }
+        (NetworkMode::Awsvpc, Networking::Ready(n)) if n.config().awsvpc.is_none() => {
+            return Err(
+                "networkMode awsvpc needs [network.awsvpc] in skiffd.toml (mode routed, macvlan or ipvlan)"
+                    .into(),
+            );
+        }
+        _ => crate::tasknet::check_ports(def)?,
     }
     if def.wants_vm() {
         return Err(
@@ -215,6 +223,23 @@ impl Daemon {
                 .and_then(|p| p.parent().map(|d| d.join("skiff-shim")))
                 .unwrap_or_else(|| PathBuf::from("skiff-shim"))
         });
+        let net = match skiff_netd::NodeNetwork::init(
+            cfg.network.clone(),
+            skiff_netd::NetDirs {
+                netns_dir: cfg.run_dir.join("netns"),
+                leases: cfg.root.join("network").join("leases.json"),
+            },
+            skiff_netd::Netlink::open().map_err(skiff_netd::NetError::from)?,
+            skiff_netd::Nft,
+        )
+        .await
+        {
+            Ok(n) => Networking::Ready(Arc::new(n)),
+            Err(e) => {
+                tracing::error!(error = %e, "task networking did not start: only host and none network modes will run");
+                Networking::Unavailable(e.to_string())
+            }
+        };
         let host = Arc::new(Host {
             images: Images::new(store, images_cfg),
             layout: Layout::detect(Path::new(CGROUP_ROOT)),
@@ -230,6 +255,8 @@ impl Daemon {
             ns_dir: cfg.run_dir.join("ns"),
             pause_binary: cfg.pause_binary.clone(),
             init_binary: cfg.init_binary.clone(),
+            net,
+            net_config: cfg.network.clone(),
         });
         let records = Records::open(&cfg.tasks_dir())?;
         let daemon = Self {
@@ -294,6 +321,13 @@ impl Daemon {
                 crate::ipcns::remove(&e.path());
             }
         }
+        // Task networks: leases, links, namespaces, port mappings.
+        if let Networking::Ready(net) = &self.host.net {
+            let live = live.iter().map(|s| (*s).to_owned()).collect();
+            if let Err(e) = net.reconcile(&live).await {
+                tracing::warn!(error = %e, "removing the networks of tasks that are gone");
+            }
+        }
         // Task cgroups.
         for id in TaskCgroup::list(&self.host.layout, &self.host.cgroup_parent) {
             if orphan(&id) {
@@ -330,7 +364,7 @@ impl Daemon {
     pub fn run_task(&self, definition: &str) -> Result<TaskRecord, DaemonError> {
         let def =
             TaskDefinition::from_json(definition).map_err(DaemonError::InvalidTaskDefinition)?;
-        node_supports(&def).map_err(DaemonError::Unsupported)?;
+        node_supports(&def, &self.host.net).map_err(DaemonError::Unsupported)?;
         let task_id = new_task_id();
         let containers = def
             .container_definitions
@@ -348,6 +382,9 @@ impl Daemon {
                 pid: None,
                 started_at: None,
                 restart_count: 0,
+                network_bindings: Vec::new(),
+                network_interfaces: Vec::new(),
+                metadata_token: new_task_id(),
             })
             .collect();
         let rec = TaskRecord {
@@ -363,6 +400,8 @@ impl Daemon {
             started_at: None,
             stopping_at: None,
             stopped_at: None,
+            attachments: Vec::new(),
+            network: None,
         };
         self.records.save(&rec)?;
         self.spawn(rec.clone(), false);

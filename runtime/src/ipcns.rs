@@ -1,17 +1,16 @@
 //! The task-wide IPC namespace of `ipcMode: task`: one namespace and one /dev/shm shared by the
 //! task's containers, as Docker's `--ipc shareable` gives them through the ECS agent.
 //!
-//! No process holds them: the namespace is kept alive by a bind mount of its nsfs file (as
-//! `ip netns` keeps network namespaces), and /dev/shm is a tmpfs mounted next to it; containers
-//! join the one and bind the other. The namespace is made on a throw-away thread, since
-//! `unshare` changes the calling thread only and must not touch one of tokio's. Both mounts live
+//! No process holds them: the namespace is kept alive by a bind mount of its nsfs file
+//! ([`skiff_netd::nsfs`], as for network namespaces), and /dev/shm is a tmpfs mounted next to it;
+//! containers join the one and bind the other. Both mounts live
 //! under skiffd's run directory (`<run_dir>/ns/<task id>/`), so they go with a reboot, and
 //! [`remove`] takes them down with the task.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
 
 /// Errors of the task IPC namespace.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +48,6 @@ pub fn create(dir: &Path, shm_mib: u32) -> Result<TaskIpc, IpcNsError> {
         move |source: std::io::Error| IpcNsError::Sys { path, op, source }
     };
     std::fs::create_dir_all(&ipc.shm).map_err(err("create"))?;
-    std::fs::File::create(&ipc.ns).map_err(err("create"))?;
     let made = (|| {
         let size = format!("mode=1777,size={}k", u64::from(shm_mib) * 1024);
         mount(
@@ -60,21 +58,8 @@ pub fn create(dir: &Path, shm_mib: u32) -> Result<TaskIpc, IpcNsError> {
             Some(size.as_str()),
         )
         .map_err(|e| err("mount /dev/shm tmpfs")(e.into()))?;
-        let target = ipc.ns.clone();
-        std::thread::spawn(move || -> Result<(), std::io::Error> {
-            unshare(CloneFlags::CLONE_NEWIPC)?;
-            mount(
-                Some("/proc/thread-self/ns/ipc"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
-            Ok(())
-        })
-        .join()
-        .expect("ipc namespace thread")
-        .map_err(err("unshare and bind the IPC namespace"))
+        skiff_netd::nsfs::bind_new(CloneFlags::CLONE_NEWIPC, &ipc.ns)
+            .map_err(err("unshare and bind the IPC namespace"))
     })();
     if let Err(e) = made {
         remove(dir);

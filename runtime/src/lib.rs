@@ -25,4 +25,5 @@ pub mod spec;
 pub mod stats;
 mod sys;
 pub mod taskdef;
+pub mod tasknet;
 pub mod volumes;

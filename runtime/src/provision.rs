@@ -25,6 +25,7 @@ use crate::logs::Rotation;
 use crate::record::{ShimRef, TaskRecord};
 use crate::spec::{ImageRunConfig, SpecError, SpecInputs, build_spec};
 use crate::taskdef::{ContainerDefinition, NamespaceMode};
+use crate::tasknet;
 use crate::volumes::{self, VolumeDirs, VolumeError};
 
 fn volume_dirs(host: &Host, task_dir: &Path) -> VolumeDirs {
@@ -70,6 +71,9 @@ pub enum ProvisionError {
         #[source]
         source: std::io::Error,
     },
+    /// The task's network could not be set up.
+    #[error("ResourceInitializationError: network: {0}")]
+    Network(#[from] skiff_netd::NetError),
     /// The shim could not start the container.
     #[error("CannotStartContainerError: container {container}: {message}")]
     Start {
@@ -116,6 +120,19 @@ pub struct Host {
     pub pause_binary: PathBuf,
     /// The init run by `initProcessEnabled`.
     pub init_binary: PathBuf,
+    /// Task networking.
+    pub net: Networking,
+    /// Its settings (DNS, metadata address), whether or not it started.
+    pub net_config: skiff_netd::NetConfig,
+}
+
+/// The node's task networking, or why it did not start (then only `host` and `none` tasks run).
+#[derive(Clone, Debug)]
+pub enum Networking {
+    /// Set up.
+    Ready(std::sync::Arc<skiff_netd::NodeNetwork>),
+    /// Why not.
+    Unavailable(String),
 }
 
 impl Host {
@@ -205,6 +222,13 @@ pub async fn provision(
     )?;
     rec.cgroup = Some(cgroup.rel().display().to_string());
     let def = rec.task_definition.clone();
+    if let (Some(req), Networking::Ready(net)) = (tasknet::request(rec), &host.net) {
+        let got = net.setup(&req).await?;
+        tasknet::apply(rec, &got);
+    }
+    let netns = rec.network.as_ref().map(|n| n.netns.clone());
+    let etc = tasknet::write_etc(task_dir, rec, &host.net_config)
+        .map_err(io("write hosts and resolv.conf in", task_dir))?;
     let volumes = volumes::prepare(&def, &volume_dirs(host, task_dir))?;
     let task_ipc = match def.ipc_mode {
         Some(NamespaceMode::Task) => {
@@ -244,12 +268,19 @@ pub async fn provision(
             })?;
         let passwd = read_in_root(&rootfs.path, "etc/passwd");
         let group = read_in_root(&rootfs.path, "etc/group");
-        let env_files = env_files(c)?;
+        let mut env_files = env_files(c)?;
+        let token = rec
+            .container(&c.name)
+            .map(|r| r.metadata_token.clone())
+            .unwrap_or_default();
+        env_files.extend(tasknet::metadata_env(rec, &host.net_config, &token));
+        let mut mounts = tasknet::etc_mounts(&etc);
+        mounts.extend(volumes.mounts_for(&def, c)?);
         let spec = build_spec(&SpecInputs {
             def: c,
             image: &run,
             network_mode: def.network_mode(),
-            netns_path: None,
+            netns_path: netns.clone(),
             pid_mode: def.pid_mode,
             task_pid: task_pid.clone(),
             ipc_mode: def.ipc_mode,
@@ -260,7 +291,7 @@ pub async fn provision(
             passwd: &passwd,
             group: &group,
             env_files: &env_files,
-            mounts: volumes.mounts_for(&def, c)?,
+            mounts,
             init_binary: Some(&host.init_binary),
             pids_limit: host.pids_limit,
             allow_privileged: host.allow_privileged,
@@ -329,7 +360,7 @@ async fn start_pause(
         def: &def,
         image: &ImageRunConfig::default(),
         network_mode: rec.task_definition.network_mode(),
-        netns_path: None,
+        netns_path: rec.network.as_ref().map(|n| n.netns.clone()),
         pid_mode: None,
         task_pid: None,
         ipc_mode: None,
@@ -518,8 +549,9 @@ pub async fn delete_container(host: &Host, runtime_id: &str) {
 }
 
 /// Releases everything the task holds on the node but its record and logs: containers still
-/// there, root filesystems, the task cgroup, task-scoped volumes, its IPC namespace. Idempotent; errors are logged
-/// and the rest goes on.
+/// there, root filesystems, the task cgroup, task-scoped volumes, its IPC namespace, its network
+/// (namespace, links, port mappings, address). Idempotent; errors are logged and the rest goes
+/// on.
 pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
     if let Err(e) = volumes::remove_task_volumes(&volume_dirs(host, task_dir)) {
         tracing::warn!(task = %rec.task_id, error = %e, "removing task volumes");
@@ -538,6 +570,11 @@ pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
         }
     }
     ipcns::remove(&host.ns_dir.join(&rec.task_id));
+    if let Networking::Ready(net) = &host.net
+        && let Err(e) = net.teardown(&rec.task_id).await
+    {
+        tracing::warn!(task = %rec.task_id, error = %e, "releasing the task's network");
+    }
     let cg = TaskCgroup::existing(host.layout.clone(), &host.cgroup_parent, &rec.task_id);
     if let Err(e) = cg.remove() {
         tracing::warn!(task = %rec.task_id, error = %e, "removing task cgroup");

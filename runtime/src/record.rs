@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::lifecycle::TaskStatus;
 use crate::orchestration::Health;
 use crate::taskdef::TaskDefinition;
+use crate::tasknet::{NetworkBinding, NetworkInterface, TaskAttachment};
 
 /// Errors of the task records.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,16 @@ pub struct ContainerRecord {
     pub started_at: Option<f64>,
     /// Restarts by its restartPolicy.
     pub restart_count: u32,
+    /// Host ports mapped to it (ECS `networkBindings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_bindings: Vec<NetworkBinding>,
+    /// The task's address (ECS `networkInterfaces`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// The secret part of its task metadata endpoint URI (unguessable: it names the container
+    /// to the endpoint).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata_token: String,
 }
 
 /// A task.
@@ -134,6 +145,12 @@ pub struct TaskRecord {
     /// When it was STOPPED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<f64>,
+    /// Its network interface, as ECS reports an awsvpc task's (bridge tasks' too, here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<TaskAttachment>,
+    /// What netd gave it (namespace, address, ports), while it has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<skiff_netd::TaskNetwork>,
 }
 
 /// Seconds since the epoch, as ECS reports times.
@@ -260,6 +277,9 @@ mod tests {
                 pid: None,
                 started_at: Some(1.5),
                 restart_count: 0,
+                network_bindings: vec![],
+                network_interfaces: vec![],
+                metadata_token: String::new(),
             }],
             health_status: Health::Unknown,
             pause: None,
@@ -268,6 +288,8 @@ mod tests {
             started_at: Some(1.5),
             stopping_at: Some(2.0),
             stopped_at: Some(2.5),
+            attachments: vec![],
+            network: None,
         }
     }
 

@@ -54,6 +54,18 @@ pub enum NetworkMode {
     Awsvpc,
 }
 
+impl NetworkMode {
+    /// Its name in task definitions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Host => "host",
+            Self::Bridge => "bridge",
+            Self::Awsvpc => "awsvpc",
+        }
+    }
+}
+
 /// `pidMode` and `ipcMode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -199,16 +211,8 @@ pub struct PortMapping {
     pub name: Option<String>,
 }
 
-/// `portMappings[].protocol`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    #[default]
-    Tcp,
-    /// UDP.
-    Udp,
-}
+/// `portMappings[].protocol`: netd's, so that a mapping goes to the network as it is.
+pub use skiff_netd::Protocol;
 
 /// `mountPoints[]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -991,6 +991,9 @@ pub struct Skiffd {
     pub config: PathBuf,
     /// Parent of its task cgroups.
     pub cgroup_parent: String,
+    /// The network namespace it runs in, standing in for the node's (its bridge, links and
+    /// nftables table live there, never in the host's).
+    pub netns: PathBuf,
     child: Option<Child>,
 }
 
@@ -1019,14 +1022,19 @@ impl Skiffd {
             ),
         )
         .expect("write skiffd.toml");
+        let netns = dir.path().join("node.netns");
+        skiff_netd::nsfs::bind_new(nix::sched::CloneFlags::CLONE_NEWNET, &netns)
+            .expect("make the node's network namespace");
         let mut d = Self {
             dir,
             root,
             run_dir,
             config,
             cgroup_parent,
+            netns,
             child: None,
         };
+        d.sh("ip link set lo up");
         let layout = d.dir.path().join("layout");
         write_busybox_layout(&layout);
         let out = Command::new(workspace_bin("skiff"))
@@ -1056,7 +1064,10 @@ impl Skiffd {
             .append(true)
             .open(self.dir.path().join("skiffd.log"))
             .expect("skiffd log");
-        let child = Command::new(workspace_bin("skiffd"))
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(workspace_bin("skiffd"))
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -1074,6 +1085,11 @@ impl Skiffd {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs `sh -c script` in the node's network namespace, asserting success; returns stdout.
+    pub fn sh(&self, script: &str) -> String {
+        ns_sh(&self.netns, script)
     }
 
     /// skiffd's log so far.
@@ -1235,6 +1251,48 @@ impl Skiffd {
         {
             found.push(format!("rootfs {}", e.path().display()));
         }
+        // Networking: task namespaces, task links, port mappings, leases.
+        let run = self.run_dir.display().to_string();
+        for line in fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+        {
+            if line
+                .split_whitespace()
+                .nth(4)
+                .is_some_and(|m| m.starts_with(&run))
+            {
+                found.push(format!("mount {line}"));
+            }
+        }
+        for e in fs::read_dir(self.run_dir.join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.push(format!("netns {}", e.path().display()));
+        }
+        for line in self.sh("ip -o link show").lines() {
+            let name = line
+                .split(": ")
+                .nth(1)
+                .unwrap_or("")
+                .split('@')
+                .next()
+                .unwrap_or("");
+            if name.len() == 15 && name.starts_with("sk") {
+                found.push(format!("link {name}"));
+            }
+        }
+        let table = self.sh("nft list table ip skiff 2>/dev/null || true");
+        if table.contains("elements") {
+            found.push(format!("port mappings {table}"));
+        }
+        let leases = fs::read_to_string(self.root.join("network/leases.json")).unwrap_or_default();
+        let leases: serde_json::Value = serde_json::from_str(&leases).unwrap_or_default();
+        if leases["leases"].as_object().is_some_and(|l| !l.is_empty()) {
+            found.push(format!("leases {}", leases["leases"]));
+        }
         found
     }
 }
@@ -1250,5 +1308,41 @@ impl Drop for Skiffd {
         }
         self.kill9();
         remove_cgroup_parent(&self.cgroup_parent);
+        // Task namespaces of tasks that did not stop, then the node's.
+        for e in fs::read_dir(self.run_dir.join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            skiff_netd::nsfs::unbind(&e.path());
+        }
+        skiff_netd::nsfs::unbind(&self.netns);
     }
+}
+
+/// Runs `f` on a thread of its own inside the network namespace bound at `ns` (sockets it opens
+/// stay in that namespace).
+pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = fs::File::open(ns).expect("open network namespace");
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Runs `sh -c script` in the network namespace bound at `ns`, asserting success; returns stdout.
+pub fn ns_sh(ns: &Path, script: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["sh", "-c", script])
+        .output()
+        .expect("run nsenter");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

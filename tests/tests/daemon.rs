@@ -97,7 +97,7 @@ fn bad_input_is_refused_clearly_and_failed_starts_leave_nothing() {
         "X86_64"
     };
     for (def, says) in [
-        (r#"{"family":"x","containerDefinitions":[{"name":"a","image":"busybox","memory":64}]}"#.to_owned(), "networkMode bridge"),
+        (r#"{"family":"x","containerDefinitions":[{"name":"a","image":"busybox","memory":64,"portMappings":[{"containerPort":80}]},{"name":"b","image":"busybox","memory":64,"portMappings":[{"containerPort":80}]}]}"#.to_owned(), "containerDefinitions[1].portMappings[0].containerPort: 80/tcp is also mapped by container a"),
         (r#"{"family":"x","networkMode":"awsvpc","containerDefinitions":[{"name":"a","image":"busybox","memory":64}]}"#.to_owned(), "networkMode awsvpc"),
         (r#"{"family":"x","networkMode":"none","requiresCompatibilities":["FARGATE"],"cpu":"256","memory":"512","containerDefinitions":[{"name":"a","image":"busybox"}]}"#.to_owned(), "FARGATE"),
         (format!(r#"{{"family":"x","networkMode":"none","runtimePlatform":{{"cpuArchitecture":"{other_arch}"}},"containerDefinitions":[{{"name":"a","image":"busybox","memory":64}}]}}"#), "cpuArchitecture"),
@@ -490,14 +490,17 @@ fn stats_and_the_prometheus_endpoint() {
     let task = out.lines().find(|l| l.starts_with("(task)")).unwrap();
     assert!(task.contains("/ 128.0MiB"), "{out}");
     // The metrics endpoint, scraped over loopback as Prometheus would.
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    std::io::Write::write_all(
-        &mut s,
-        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut body = String::new();
-    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    let body = skiff_tests::in_netns(&d.netns, move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+        body
+    });
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     let metric = |name: &str, container: &str| -> f64 {
         body.lines()
