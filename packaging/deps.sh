@@ -5,6 +5,8 @@ set -euo pipefail
 pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
       curl docker-registry skopeo umoci busybox-static apache2-utils tini
       golang-github-containers-common
+      # netd/: task networking (nft for Skiff's table; ip and nsenter in tests)
+      nftables iproute2 util-linux
       # tests/benches/tasks.rs: the peers Skiff is measured against
       crun runc
       # tests/vm/run-cgroup2.sh: a cgroup v2 kernel in a QEMU VM (initramfs, modules.dep)

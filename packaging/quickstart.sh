@@ -7,9 +7,11 @@
 #   2. starts a local registry (Debian's docker-registry) on 127.0.0.1:5055;
 #   3. builds a sample image from Debian's busybox-static (GNU tar + umoci), pushes it with skopeo;
 #   4. pulls it with `skiff image pull` into /var/lib/skiff and lists it;
-#   5. starts skiffd (standalone: no control plane yet) unless it runs, and runs the sample task
-#      packaging/examples/hello-task.json (a one-shot setup container, then an app container with
-#      a health check, sharing a scratch volume), replacing the one a previous run started.
+#   5. starts skiffd (standalone: no control plane yet) unless it runs (a skiffd whose binary was
+#      replaced by step 1 is restarted: its tasks keep running and are adopted), and runs the
+#      sample tasks packaging/examples/hello-task.json (a one-shot setup container, then an app
+#      container with a health check, sharing a scratch volume) and web-task.json (bridge network,
+#      host port 8080 mapped to the task's port 80), replacing those a previous run started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "quickstart: run as root (sudo $0)" >&2; exit 1; }
@@ -67,12 +69,22 @@ skiff image pull "$IMAGE"
 echo "== skiff image ls"
 skiff image ls
 echo "== skiffd"
+old=$(pgrep -x skiffd || true)
+if [ -n "$old" ] && readlink "/proc/$old/exe" | grep -q '(deleted)'; then
+  echo "restarting skiffd on the new binary (tasks keep running)"
+  kill "$old"; for _ in $(seq 100); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+fi
 if ! skiff task ls >/dev/null 2>&1; then
   mkdir -p /var/log/skiff
   setsid nohup skiffd >> /var/log/skiff/skiffd.log 2>&1 < /dev/null &
   for _ in $(seq 100); do skiff task ls >/dev/null 2>&1 && break; sleep 0.1; done
 fi
-for old in $(skiff task ls | awk '$2 == "hello" {print $1}'); do skiff task stop "$old" >/dev/null; done
+for old in $(skiff task ls | awk '$2 == "hello" || $2 == "web" {print $1}'); do skiff task stop "$old" >/dev/null; done
+echo "== skiff task run -f packaging/examples/web-task.json"
+web=$(skiff task run -f packaging/examples/web-task.json)
+skiff task describe "$web" | grep -E '"(hostPort|containerPort|privateIpv4Address)"' | sort -u
+echo "== curl http://127.0.0.1:8080/"
+curl -fsS --retry 20 --retry-connrefused --retry-delay 0 http://127.0.0.1:8080/
 echo "== skiff task run -f packaging/examples/hello-task.json"
 task=$(skiff task run -f packaging/examples/hello-task.json)
 sleep 6
@@ -85,7 +97,8 @@ skiff exec "$task" app -- cat /data/state
 cat <<TXT
 
 Done. The sample image is in Skiff's store (/var/lib/skiff), served by the registry at $REG;
-skiffd runs (log: /var/log/skiff/skiffd.log) and so does task $task.
+skiffd runs (log: /var/log/skiff/skiffd.log) and so do tasks $task (hello) and $web (web, on the
+skiff0 bridge, reachable at http://<this machine>:8080/ from the LAN and http://127.0.0.1:8080/ here).
 Try next:
   skiff task describe $task
   skiff logs -f $task app
