@@ -190,19 +190,21 @@ async fn a_bridge_task_gets_a_veth_an_address_and_its_port_mappings() {
     let f = fixture();
     let n = network(&f, NetConfig::default()).await;
     f.kernel.calls();
+    // A port free on this machine (bound and let go).
+    let fixed = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let net = n
-        .setup(&req(A, Mode::Bridge, vec![web(Some(18080)), web(None)]))
-        .await;
-    // Port 18080 may be taken on the machine running the tests: then the error names it.
-    let net = match net {
-        Err(NetError::Ipam(IpamError::PortInUse { port: 18080, .. })) => return,
-        other => other.unwrap(),
-    };
+        .setup(&req(A, Mode::Bridge, vec![web(Some(fixed)), web(None)]))
+        .await
+        .unwrap();
     assert_eq!(net.address, Ipv4Addr::new(172, 30, 0, 2));
     assert_eq!(net.gateway, Ipv4Addr::new(172, 30, 0, 1));
     assert_eq!(net.host_link, "skb0123456789ab");
     assert_eq!(net.ports.len(), 2);
-    assert_eq!(net.ports[0].host_port, 18080);
+    assert_eq!(net.ports[0].host_port, fixed);
     assert!((49153..=65535).contains(&net.ports[1].host_port));
     assert_eq!(
         f.kernel.calls(),
@@ -214,19 +216,21 @@ async fn a_bridge_task_gets_a_veth_an_address_and_its_port_mappings() {
     );
     let last = f.fw.scripts.lock().unwrap().last().cloned().unwrap();
     assert!(
-        last.starts_with("add element ip skiff tcp_ports { 18080 : 172.30.0.2 . 80, "),
+        last.starts_with(&format!(
+            "add element ip skiff tcp_ports {{ {fixed} : 172.30.0.2 . 80, "
+        )),
         "{last}"
     );
     // The port is held: nobody else on the node can bind it.
-    assert!(std::net::TcpListener::bind(("0.0.0.0", 18080)).is_err());
+    assert!(std::net::TcpListener::bind(("0.0.0.0", fixed)).is_err());
     // A second task asking for it gets a clear refusal, and nothing of it is left.
     let err = n
-        .setup(&req(B, Mode::Bridge, vec![web(Some(18080))]))
+        .setup(&req(B, Mode::Bridge, vec![web(Some(fixed))]))
         .await
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("hostPort 18080/tcp is already mapped by task {A}")
+        format!("hostPort {fixed}/tcp is already mapped by task {A}")
     );
     assert_eq!(n.leased_tasks(), [A]);
     n.teardown(A).await.unwrap();
@@ -237,11 +241,11 @@ async fn a_bridge_task_gets_a_veth_an_address_and_its_port_mappings() {
             .unwrap()
             .last()
             .unwrap()
-            .starts_with("delete element ip skiff tcp_ports { 18080, ")
+            .starts_with(&format!("delete element ip skiff tcp_ports {{ {fixed}, "))
     );
     assert!(n.leased_tasks().is_empty());
     assert!(!n.netns_path(A).exists());
-    std::net::TcpListener::bind(("0.0.0.0", 18080)).unwrap();
+    std::net::TcpListener::bind(("0.0.0.0", fixed)).unwrap();
     // Teardown is idempotent.
     n.teardown(A).await.unwrap();
 }

@@ -1224,7 +1224,11 @@ impl Skiffd {
                 }
             }
         }
-        let root = self.root.display().to_string();
+        // Mounts under the state root (root filesystems) or the run dir (task namespaces).
+        let (root, run) = (
+            self.root.display().to_string(),
+            self.run_dir.display().to_string(),
+        );
         for line in fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
@@ -1232,7 +1236,7 @@ impl Skiffd {
             if line
                 .split_whitespace()
                 .nth(4)
-                .is_some_and(|m| m.starts_with(&root))
+                .is_some_and(|m| m.starts_with(&root) || m.starts_with(&run))
             {
                 found.push(format!("mount {line}"));
             }
@@ -1251,20 +1255,7 @@ impl Skiffd {
         {
             found.push(format!("rootfs {}", e.path().display()));
         }
-        // Networking: task namespaces, task links, port mappings, leases.
-        let run = self.run_dir.display().to_string();
-        for line in fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-        {
-            if line
-                .split_whitespace()
-                .nth(4)
-                .is_some_and(|m| m.starts_with(&run))
-            {
-                found.push(format!("mount {line}"));
-            }
-        }
+        // Networking: task namespace files, task links, port mappings, leases.
         for e in fs::read_dir(self.run_dir.join("netns"))
             .into_iter()
             .flatten()
