@@ -283,6 +283,15 @@ impl<K: Kernel, F: Firewall> Network<K, F> {
         Ok(net)
     }
 
+    /// Whether bridge mappings `ports` could be placed now: no host port held by another task or
+    /// a process of the node, dynamic ones available. Nothing is taken ([`Network::setup`]
+    /// checks again when it takes them); callers refuse a task up front with its error.
+    pub fn check_ports(&self, ports: &[PortRequest]) -> Result<(), NetError> {
+        let ipam = self.ipam.lock().expect("ipam");
+        ipam.ports(ports, &self.ports, |p, port| ports::bind(p, port).is_some())?;
+        Ok(())
+    }
+
     /// Takes an address (and ports) for the task and persists the lease.
     fn lease(
         &self,

@@ -152,7 +152,14 @@ fn node_supports(def: &TaskDefinition, net: &Networking) -> Result<(), String> {
                     .into(),
             );
         }
-        _ => crate::tasknet::check_ports(def)?,
+        (mode, Networking::Ready(n)) => {
+            crate::tasknet::check_ports(def)?;
+            // Host ports are placed now, as ECS's placement refuses a node without them.
+            if mode == NetworkMode::Bridge {
+                n.check_ports(&crate::tasknet::port_requests(def))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
     }
     if def.wants_vm() {
         return Err(

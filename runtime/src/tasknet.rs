@@ -84,16 +84,9 @@ pub fn check_ports(def: &TaskDefinition) -> Result<(), String> {
     Ok(())
 }
 
-/// netd's request for a task with a network of its own; None for `host` and `none`.
-pub fn request(rec: &TaskRecord) -> Option<TaskRequest> {
-    let def = &rec.task_definition;
-    let mode = match def.network_mode() {
-        NetworkMode::Bridge => Mode::Bridge,
-        NetworkMode::Awsvpc => Mode::Awsvpc,
-        NetworkMode::Host | NetworkMode::None => return None,
-    };
-    let ports = def
-        .container_definitions
+/// The port mappings of a definition as netd takes them (hostPort 0 or absent: dynamic).
+pub fn port_requests(def: &TaskDefinition) -> Vec<PortRequest> {
+    def.container_definitions
         .iter()
         .flat_map(|c| {
             c.port_mappings.iter().map(|p| PortRequest {
@@ -103,11 +96,21 @@ pub fn request(rec: &TaskRecord) -> Option<TaskRequest> {
                 protocol: p.protocol,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// netd's request for a task with a network of its own; None for `host` and `none`.
+pub fn request(rec: &TaskRecord) -> Option<TaskRequest> {
+    let def = &rec.task_definition;
+    let mode = match def.network_mode() {
+        NetworkMode::Bridge => Mode::Bridge,
+        NetworkMode::Awsvpc => Mode::Awsvpc,
+        NetworkMode::Host | NetworkMode::None => return None,
+    };
     Some(TaskRequest {
         task_id: rec.task_id.clone(),
         mode,
-        ports,
+        ports: port_requests(def),
     })
 }
 

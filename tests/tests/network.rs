@@ -192,7 +192,9 @@ fn bridge_tasks_port_mappings_nat_and_names_with_real_traffic() {
         (&b"hello-udp"[..], "192.168.77.2")
     );
 
-    // Host ports already taken: by another task, by a node process. Clear reasons, nothing left.
+    // Host ports already taken, by another task or by a node process: refused at placement
+    // with a clear reason, and no task is made.
+    let clash = d.dir.path().join("clash.json");
     for (port, says) in [
         (
             8080,
@@ -200,18 +202,22 @@ fn bridge_tasks_port_mappings_nat_and_names_with_real_traffic() {
         ),
         (8090, "hostPort 8090/tcp is in use on the node".to_owned()),
     ] {
-        let c = d.run_def(
-            &format!(
+        std::fs::write(
+            &clash,
+            format!(
                 r#"{{"family":"clash","networkMode":"bridge","memory":"64","containerDefinitions":[{}]}}"#,
                 bb("c", &format!(r#""command":["true"],"portMappings":[{{"containerPort":80,"hostPort":{port}}}]"#)),
             ),
-            true,
-        );
-        let rec = d.wait_stopped(&c);
-        let reason = rec["stoppedReason"].as_str().unwrap_or_default();
-        assert!(reason.contains(&says), "{rec:#}");
-        d.ok(&["task", "rm", &c]);
+        )
+        .unwrap();
+        let out = d
+            .cmd(&["task", "run", "-f", clash.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&says), "{err}");
     }
+    assert_eq!(d.ok(&["task", "ls", "-a", "-q"]).lines().count(), 2);
     d.ok(&["task", "stop", &a]);
     d.ok(&["task", "rm", &a]);
     d.ok(&["task", "rm", &b]);
