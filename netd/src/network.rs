@@ -96,6 +96,10 @@ pub struct TaskNetwork {
     pub gateway: Ipv4Addr,
     /// The node-side link.
     pub host_link: String,
+    /// The link-local address of its metadata link (`meta0`; macvlan and ipvlan only): the
+    /// source of its requests to the metadata endpoint, which does not come from `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_address: Option<Ipv4Addr>,
     /// Host ports mapped to it (bridge mode).
     pub ports: Vec<PortLease>,
 }
@@ -272,6 +276,7 @@ impl<K: Kernel, F: Firewall> Network<K, F> {
             subnet,
             gateway,
             host_link: host_links(&req.task_id, attachment).remove(0),
+            meta_address: lease.meta_address,
             ports: lease.ports.clone(),
         };
         if let Err(e) = self.plumb(&req.task_id, &lease, &net).await {

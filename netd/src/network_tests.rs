@@ -294,6 +294,10 @@ async fn awsvpc_routed_and_lan_modes() {
     );
     assert!(net.ports.is_empty(), "awsvpc maps no host port");
     assert_eq!(
+        net.meta_address, None,
+        "the task's own address reaches the metadata endpoint"
+    );
+    assert_eq!(
         f.kernel.calls()[1..],
         [
             "veth skr0123456789ab None eth0",
@@ -318,6 +322,7 @@ async fn awsvpc_routed_and_lan_modes() {
     f.kernel.calls();
     let net = n.setup(&req(B, Mode::Awsvpc, vec![])).await.unwrap();
     assert_eq!(net.address, Ipv4Addr::new(192, 168, 50, 100));
+    assert_eq!(net.meta_address, Some(Ipv4Addr::new(169, 254, 172, 2)));
     assert_eq!(
         f.kernel.calls()[1..],
         [

@@ -207,6 +207,16 @@ fn lock(root: &Path) -> Result<std::fs::File, DaemonError> {
     }
 }
 
+/// Whether two secrets are equal, in a time that does not depend on where they differ (a
+/// token guessed byte by byte from response times is no guess at all).
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
 fn is_task_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -388,6 +398,7 @@ impl Daemon {
                 shim: None,
                 pid: None,
                 started_at: None,
+                finished_at: None,
                 restart_count: 0,
                 network_bindings: Vec::new(),
                 network_interfaces: Vec::new(),
@@ -569,8 +580,7 @@ impl Daemon {
         Ok(TaskStats {
             task_id: rec.task_id.clone(),
             family: rec.task_definition.family.clone(),
-            // Standalone tasks have no registered revision; the control plane's do (issue 6).
-            revision: 0,
+            revision: crate::taskdef::STANDALONE_REVISION,
             task,
             containers,
         })
@@ -587,6 +597,36 @@ impl Daemon {
         stats::render(&samples)
     }
 
+    /// The container whose task metadata endpoint token is `token`, with its task: the token
+    /// is the container's identity at that endpoint ([`crate::metadata`]).
+    pub fn token_owner(&self, token: &str) -> Option<crate::metadata::TokenOwner> {
+        if token.is_empty() {
+            return None;
+        }
+        let tasks = self.tasks.lock().expect("task table");
+        tasks.values().find_map(|h| {
+            let rec = h.state.borrow();
+            let c = rec
+                .containers
+                .iter()
+                .find(|c| same_secret(&c.metadata_token, token))?;
+            Some(crate::metadata::TokenOwner {
+                container: c.name.clone(),
+                task_dir: self.records.task_dir(&rec.task_id),
+                task: rec.clone(),
+            })
+        })
+    }
+
+    /// Where the task metadata endpoint listens: the node's metadata address once task
+    /// networking is set up (which puts that address on the node's bridge); None without it.
+    pub fn metadata_address(&self) -> Option<std::net::Ipv4Addr> {
+        match &self.host.net {
+            Networking::Ready(n) => Some(n.config().metadata_address),
+            Networking::Unavailable(_) => None,
+        }
+    }
+
     /// Where to exec in a running container.
     pub fn exec_target(&self, id: &str, container: &str) -> Result<ExecTarget, DaemonError> {
         let (rec, c) = self.container(id, Some(container))?;
@@ -601,5 +641,19 @@ impl Daemon {
             runtime_id: c.runtime_id,
             shim: self.host.shim.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_equal_only_whole() {
+        assert!(same_secret("0123abcd", "0123abcd"));
+        assert!(!same_secret("0123abcd", "0123abce"));
+        assert!(!same_secret("0123abcd", "x123abcd"));
+        assert!(!same_secret("0123abcd", "0123abc"));
+        assert!(!same_secret("", "0"));
     }
 }

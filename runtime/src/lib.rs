@@ -1,7 +1,8 @@
 //! skiffd, the node runtime: ECS task definitions as users register them, validated; the task
 //! lifecycle as one explicit state machine; OCI specs, cgroups, seccomp, logs and the per-container
-//! shim; and the daemon that supervises tasks (`daemon`, `runner`, `provision`) behind a local
-//! API (`api`, `client`). The binaries (`skiffd`, `skiff`, `skiff-shim`) are thin adapters.
+//! shim; the daemon that supervises tasks (`daemon`, `runner`, `provision`) behind a local API
+//! (`api`, `client`); and the ECS task metadata endpoint that tasks query (`metadata`). The
+//! binaries (`skiffd`, `skiff`, `skiff-shim`) are thin adapters.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod ipcns;
 pub mod lifecycle;
 pub mod logs;
+pub mod metadata;
 pub mod orchestration;
 pub mod process;
 pub mod provision;

@@ -97,6 +97,11 @@ pub struct ContainerRecord {
     /// When it last started (epoch seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<f64>,
+    /// When its last run ended (epoch seconds): when its shim wrote the exit file, so an exit
+    /// seen only by a restarted skiffd keeps its real time; never before `started_at`, which is
+    /// recorded a moment after the process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<f64>,
     /// Restarts by its restartPolicy.
     pub restart_count: u32,
     /// Host ports mapped to it (ECS `networkBindings`).
@@ -155,8 +160,12 @@ pub struct TaskRecord {
 
 /// Seconds since the epoch, as ECS reports times.
 pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    epoch_seconds(SystemTime::now())
+}
+
+/// `t` in seconds since the epoch (0 before it).
+pub fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
@@ -276,6 +285,7 @@ mod tests {
                 shim: None,
                 pid: None,
                 started_at: Some(1.5),
+                finished_at: Some(2.4),
                 restart_count: 0,
                 network_bindings: vec![],
                 network_interfaces: vec![],

@@ -26,7 +26,7 @@ use crate::orchestration::{
 };
 use crate::process::Watched;
 use crate::provision::{self, ContainerFiles, Host};
-use crate::record::{ContainerStatus, Records, TaskRecord, now};
+use crate::record::{ContainerStatus, Records, TaskRecord, epoch_seconds, now};
 use crate::shim::ExitStatus;
 use crate::taskdef::ContainerDefinition;
 
@@ -304,6 +304,7 @@ impl Runner {
         r.shim = Some(shim);
         r.pid = Some(pid);
         r.started_at = Some(now());
+        r.finished_at = None;
         r.exit_code = None;
         r.reason = None;
         r.health_status = Health::Unknown;
@@ -476,13 +477,21 @@ impl Runner {
         if rec.restart_count != run || rec.last_status != ContainerStatus::Running {
             return;
         }
-        let runtime_id = rec.runtime_id.clone();
+        let (runtime_id, started_at) = (rec.runtime_id.clone(), rec.started_at);
         let files = ContainerFiles::new(&self.task_dir(), name);
         self.shims.remove(name);
         if let Some((_, checker)) = self.health.remove(name) {
             checker.abort();
         }
         let status = ExitStatus::read(&files.exit_file()).ok().flatten();
+        // When the shim wrote the exit, which a skiffd that was down sees late; never before
+        // the recorded start, which lags the real one (and file times are coarse).
+        let written = std::fs::metadata(files.exit_file()).and_then(|m| m.modified());
+        let finished_at = match (&status, written) {
+            (Some(_), Ok(t)) => epoch_seconds(t),
+            _ => now(),
+        }
+        .max(started_at.unwrap_or(0.0));
         if status.is_none() {
             // The shim died without recording (SIGKILL): the container may live on.
             provision::delete_container(&self.host, &runtime_id).await;
@@ -496,6 +505,7 @@ impl Runner {
         r.last_status = ContainerStatus::Stopped;
         r.shim = None;
         r.pid = None;
+        r.finished_at = Some(finished_at);
         // No verdict on a container that does not run (ECS reports UNKNOWN).
         r.health_status = Health::Unknown;
         r.exit_code = status.as_ref().map(|s| s.exit_code);

@@ -15,6 +15,11 @@
 //! controller not mounted, or not joined by this cgroup) leaves its field `None`; only a cgroup
 //! that exists in no hierarchy is an error. Unlimited limits (`max`, or v1's page-rounded
 //! `i64::MAX`) are `None` too.
+//!
+//! Two figures do not come from cgroups, for the Docker-shaped stats of the task metadata
+//! endpoint: a namespace's interface counters ([`read_interfaces`], `/proc/<pid>/net/dev`, which
+//! shows the namespace of that process whichever namespace skiffd is in; `/sys/class/net` would
+//! show skiffd's own) and the node's cpu time ([`read_system_cpu`], `/proc/stat`).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -275,6 +280,132 @@ fn keyed(path: &Path) -> Result<Keyed, StatsError> {
         })
         .collect::<Result<_, _>>()
         .map(Keyed)
+}
+
+/// Counters of one network interface (serialised with Docker's stats names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InterfaceStats {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Send errors.
+    pub tx_errors: u64,
+    /// Packets dropped on sending.
+    pub tx_dropped: u64,
+}
+
+/// The interfaces of process `pid`'s network namespace but loopback, with their counters, in
+/// the kernel's order.
+pub fn read_interfaces(pid: i32) -> Result<Vec<(String, InterfaceStats)>, StatsError> {
+    let path = PathBuf::from(format!("/proc/{pid}/net/dev"));
+    let text = fs::read_to_string(&path).map_err(|source| StatsError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    parse_net_dev(&path, &text)
+}
+
+/// `/proc/net/dev`: two header lines, then `name: rx_bytes rx_packets rx_errs rx_drop fifo frame
+/// compressed multicast tx_bytes tx_packets tx_errs tx_drop ...` per interface.
+fn parse_net_dev(path: &Path, text: &str) -> Result<Vec<(String, InterfaceStats)>, StatsError> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(2).filter(|l| !l.trim().is_empty()) {
+        let (name, counters) = line
+            .split_once(':')
+            .ok_or_else(|| parse_error(path, line))?;
+        let n: Vec<u64> = counters
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| parse_error(path, line))?;
+        if n.len() < 12 {
+            return Err(parse_error(path, line));
+        }
+        let name = name.trim();
+        if name == "lo" {
+            continue;
+        }
+        out.push((
+            name.to_owned(),
+            InterfaceStats {
+                rx_bytes: n[0],
+                rx_packets: n[1],
+                rx_errors: n[2],
+                rx_dropped: n[3],
+                tx_bytes: n[8],
+                tx_packets: n[9],
+                tx_errors: n[10],
+                tx_dropped: n[11],
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// The node's cpu time as Docker's stats report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SystemCpu {
+    /// Time of all cpus since boot (user, nice, system, idle, iowait, irq, softirq), ns: the
+    /// denominator of a container's cpu share between two reads.
+    pub usage_ns: u64,
+    /// CPUs online.
+    pub online_cpus: u32,
+}
+
+/// `/proc/stat` counts in USER_HZ, which Linux fixes at 100 for userspace on every
+/// architecture (Docker assumes the same).
+const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
+
+/// Reads the node's cpu time from `/proc/stat`.
+pub fn read_system_cpu() -> Result<SystemCpu, StatsError> {
+    let path = Path::new("/proc/stat");
+    let text = fs::read_to_string(path).map_err(|source| StatsError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_proc_stat(path, &text)
+}
+
+fn parse_proc_stat(path: &Path, text: &str) -> Result<SystemCpu, StatsError> {
+    let mut cpu = None;
+    let mut online_cpus = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        match fields.next() {
+            Some("cpu") => {
+                let ticks: Vec<u64> = fields
+                    .take(7)
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| parse_error(path, line))?;
+                if ticks.len() < 7 {
+                    return Err(parse_error(path, line));
+                }
+                cpu = Some(
+                    ticks
+                        .iter()
+                        .sum::<u64>()
+                        .saturating_mul(NS_PER_USER_HZ_TICK),
+                );
+            }
+            Some(f) if f.starts_with("cpu") => online_cpus += 1,
+            _ => {}
+        }
+    }
+    let usage_ns = cpu.ok_or_else(|| parse_error(path, "(no cpu line)"))?;
+    Ok(SystemCpu {
+        usage_ns,
+        online_cpus,
+    })
 }
 
 /// CPU use between two reads of the same cgroup `elapsed` apart, in percent of one core (as

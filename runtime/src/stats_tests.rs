@@ -173,6 +173,66 @@ fn garbage_names_its_file() {
 }
 
 #[test]
+fn interface_counters_leave_loopback_out() {
+    let text = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0
+  eth0:    5321      41    1    2    0     0          0         0     2120      22    3    4    0     0       0          0
+ meta0:      84       1    0    0    0     0          0         0       84       1    0    0    0     0       0          0
+";
+    let got = parse_net_dev(Path::new("/proc/1/net/dev"), text).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "eth0".to_owned(),
+                InterfaceStats {
+                    rx_bytes: 5321,
+                    rx_packets: 41,
+                    rx_errors: 1,
+                    rx_dropped: 2,
+                    tx_bytes: 2120,
+                    tx_packets: 22,
+                    tx_errors: 3,
+                    tx_dropped: 4,
+                }
+            ),
+            (
+                "meta0".to_owned(),
+                InterfaceStats {
+                    rx_bytes: 84,
+                    rx_packets: 1,
+                    tx_bytes: 84,
+                    tx_packets: 1,
+                    ..Default::default()
+                }
+            ),
+        ]
+    );
+    let err = parse_net_dev(Path::new("/proc/1/net/dev"), "h\nh\neth0: 1 2 x\n").unwrap_err();
+    assert!(matches!(err, StatsError::Parse { .. }), "{err}");
+    // This process's own namespace reads.
+    read_interfaces(std::process::id() as i32).unwrap();
+}
+
+#[test]
+fn system_cpu_is_the_cpu_line_in_nanoseconds() {
+    let text = "cpu  100 2 30 400 5 6 7 8 0 0\ncpu0 50 1 15 200 2 3 3 4 0 0\ncpu1 50 1 15 200 3 3 4 4 0 0\nintr 1 2\nctxt 99\n";
+    assert_eq!(
+        parse_proc_stat(Path::new("/proc/stat"), text).unwrap(),
+        SystemCpu {
+            // user..softirq (steal left out, as Docker does), at 100 ticks a second.
+            usage_ns: 550 * 10_000_000,
+            online_cpus: 2,
+        }
+    );
+    assert!(parse_proc_stat(Path::new("/proc/stat"), "intr 1\n").is_err());
+    let here = read_system_cpu().unwrap();
+    assert!(here.online_cpus >= 1 && here.usage_ns > 0, "{here:?}");
+}
+
+#[test]
 fn cpu_percent_is_relative_to_one_core() {
     let at = |ns| CgroupStats {
         cpu: CpuStats {

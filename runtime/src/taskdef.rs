@@ -555,6 +555,10 @@ pub struct TaskDefinition {
     pub tags: Vec<Tag>,
 }
 
+/// The revision of a task definition run without registering it (standalone tasks); the
+/// control plane's tasks carry their registered one (issue 6).
+pub const STANDALONE_REVISION: u32 = 0;
+
 /// The task-level resources, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TaskResources {

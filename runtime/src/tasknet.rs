@@ -192,7 +192,7 @@ pub fn apply(rec: &mut TaskRecord, net: &TaskNetwork) {
 }
 
 /// ECS's hostname of an address (`ip-10-0-0-5`).
-fn private_dns_name(a: Ipv4Addr) -> String {
+pub fn private_dns_name(a: Ipv4Addr) -> String {
     format!("ip-{}", a.to_string().replace('.', "-"))
 }
 
@@ -205,15 +205,37 @@ pub struct EtcFiles {
     pub resolv_conf: PathBuf,
 }
 
+impl EtcFiles {
+    /// The files of the task whose directory is `task_dir`.
+    pub fn of(task_dir: &Path) -> Self {
+        let dir = task_dir.join("network");
+        Self {
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+        }
+    }
+
+    /// The name servers the task's resolv.conf lists (none when it has none, or no file).
+    pub fn name_servers(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.resolv_conf)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// Writes the task's /etc/hosts and /etc/resolv.conf. `host` tasks get the node's files as
 /// they are (the node's loopback resolver is theirs too).
 pub fn write_etc(task_dir: &Path, rec: &TaskRecord, cfg: &NetConfig) -> std::io::Result<EtcFiles> {
-    let dir = task_dir.join("network");
-    std::fs::create_dir_all(&dir)?;
-    let files = EtcFiles {
-        hosts: dir.join("hosts"),
-        resolv_conf: dir.join("resolv.conf"),
-    };
+    let files = EtcFiles::of(task_dir);
+    if let Some(dir) = files.hosts.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let node_resolv = skiff_netd::etc::node_resolv_conf();
     let (hosts, resolv) = if rec.task_definition.network_mode() == NetworkMode::Host {
         (
@@ -298,6 +320,20 @@ mod tests {
         let ok = def(r#"{"family":"f","containerDefinitions":[
               {"name":"a","image":"i","memory":8,"portMappings":[{"containerPort":80},{"containerPort":80,"protocol":"udp"}]}]}"#);
         check_ports(&ok).unwrap();
+    }
+
+    #[test]
+    fn name_servers_are_read_from_the_task_s_resolv_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = EtcFiles::of(dir.path());
+        assert!(files.name_servers().is_empty(), "no file yet");
+        std::fs::create_dir_all(files.resolv_conf.parent().unwrap()).unwrap();
+        std::fs::write(
+            &files.resolv_conf,
+            "search lan\nnameserver 192.0.2.53\n# nameserver 10.0.0.1\nnameserver 192.0.2.54\noptions ndots:2\n",
+        )
+        .unwrap();
+        assert_eq!(files.name_servers(), ["192.0.2.53", "192.0.2.54"]);
     }
 
     #[test]

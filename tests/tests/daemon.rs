@@ -28,6 +28,13 @@ fn task_runs_logs_and_reports_its_exit() {
     assert_eq!(main["exitCode"], 7, "{rec:#}");
     assert_eq!(main["lastStatus"], "STOPPED");
     assert!(rec["stoppedAt"].as_f64() >= rec["startedAt"].as_f64());
+    // When the shim wrote the exit, between the start and the task's stop.
+    let finished = main["finishedAt"].as_f64();
+    assert!(
+        finished.is_some() && finished >= main["startedAt"].as_f64(),
+        "{rec:#}"
+    );
+    assert!(finished <= rec["stoppedAt"].as_f64(), "{rec:#}");
     let out = d.cmd(&["logs", &id]).output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

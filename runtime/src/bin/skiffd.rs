@@ -1,7 +1,9 @@
-//! `skiffd`: the Skiff node daemon. Runs tasks (see `skiff_runtime::daemon`) and serves the local
-//! API on a root-only unix socket. Stopping or killing skiffd leaves tasks running: each
-//! container belongs to its shim, and the next skiffd finds them again.
+//! `skiffd`: the Skiff node daemon. Runs tasks (see `skiff_runtime::daemon`), serves the local
+//! API on a root-only unix socket and the ECS task metadata endpoint to tasks. Stopping or
+//! killing skiffd leaves tasks running: each container belongs to its shim, and the next skiffd
+//! finds them again.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +56,21 @@ fn run(args: Args) -> anyhow::Result<()> {
                     tracing::error!(error = %format!("{e:#}"), "metrics endpoint");
                 }
             });
+        }
+        // The task metadata endpoint, in skiffd's own network namespace (the node's), where
+        // netd put its address on the bridge.
+        match daemon.metadata_address() {
+            Some(ip) => {
+                let (d, addr) = (daemon.clone(), SocketAddr::from((ip, 80)));
+                tokio::spawn(async move {
+                    if let Err(e) = skiff_runtime::metadata::serve(d, addr).await {
+                        tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "task metadata endpoint not served: tasks' ECS_CONTAINER_METADATA_URI_V4 will not answer");
+                    }
+                });
+            }
+            None => tracing::warn!(
+                "task networking did not start, so neither does the task metadata endpoint"
+            ),
         }
         let pruner = daemon.clone();
         tokio::spawn(async move {
