@@ -22,7 +22,7 @@ pub use config::{AwsvpcConfig, LanPool, NetConfig};
 pub use ipam::{Attachment, PortLease, PortRequest, Protocol};
 pub use kernel::{Kernel, Netlink};
 pub use network::{Mode, NetDirs, NetError, Network, TaskNetwork, TaskRequest};
-pub use nft::{Firewall, Nft};
+pub use nft::{Firewall, METADATA_PORT, Nft};
 
 /// The networking skiffd runs: rtnetlink and `nft`.
 pub type NodeNetwork = Network<Netlink, Nft>;

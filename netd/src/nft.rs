@@ -94,6 +94,11 @@ pub struct TableSpec<'a> {
     pub metadata: Ipv4Addr,
 }
 
+/// The port skiffd serves the metadata endpoint on (the ECS agent's, 51679); tasks ask port 80
+/// of the metadata address and are DNAT'd to it, so a node service listening on port 80 of every
+/// address does not keep the endpoint from binding.
+pub const METADATA_PORT: u16 = 51679;
+
 /// Prefix of every host-side link Skiff makes for a task (`sk` + kind letter + task id).
 pub const LINK_PREFIX: &str = "sk";
 
@@ -140,7 +145,9 @@ pub fn table_script<'l>(
         }
         s.push_str("  }\n");
     }
-    let dnat = "    fib daddr type local dnat ip to tcp dport map @tcp_ports\n    fib daddr type local dnat ip to udp dport map @udp_ports\n";
+    let dnat = format!(
+        "    ip daddr {metadata} tcp dport 80 dnat ip to {metadata}:{METADATA_PORT}\n    fib daddr type local dnat ip to tcp dport map @tcp_ports\n    fib daddr type local dnat ip to udp dport map @udp_ports\n"
+    );
     let _ = write!(
         s,
         "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n\
@@ -244,6 +251,7 @@ mod tests {
         assert!(s.contains("elements = { 5353 : 172.30.0.2 . 53 }"), "{s}");
         assert!(s.contains("ip saddr 172.30.0.0/16 oifname != \"skiff0\" masquerade"));
         assert!(s.contains("ip daddr 169.254.170.2 drop"));
+        assert!(s.contains("ip daddr 169.254.170.2 tcp dport 80 dnat ip to 169.254.170.2:51679"));
         let empty = table_script(&spec(), []);
         assert!(!empty.contains("elements"));
     }

@@ -58,10 +58,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             });
         }
         // The task metadata endpoint, in skiffd's own network namespace (the node's), where
-        // netd put its address on the bridge.
+        // netd put its address on the bridge and DNATs its port 80 to this port.
         match daemon.metadata_address() {
             Some(ip) => {
-                let (d, addr) = (daemon.clone(), SocketAddr::from((ip, 80)));
+                let (d, addr) = (
+                    daemon.clone(),
+                    SocketAddr::from((ip, skiff_netd::METADATA_PORT)),
+                );
                 tokio::spawn(async move {
                     if let Err(e) = skiff_runtime::metadata::serve(d, addr).await {
                         tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "task metadata endpoint not served: tasks' ECS_CONTAINER_METADATA_URI_V4 will not answer");
