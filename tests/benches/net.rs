@@ -52,8 +52,9 @@
 //! `netns`, `skiff-bridge`, `cni-bridge`, `skiff-awsvpc`, `cni-ptp`) runs a subset, for
 //! profiling one tool; `BENCH_TRAFFIC=0` skips the traffic part.
 //!
-//! **Traffic.** Three Skiff tasks stay up: a bridge server task (host ports 15201 -> iperf3's
-//! 5201, 17000 -> 7000), a bridge client task and a routed awsvpc server task. Paths: loopback
+//! **Traffic** (run first, while the node's firewall holds Skiff's table only). Three Skiff
+//! tasks stay up: a bridge server task (host ports 15201 -> iperf3's 5201, 17000 -> 7000), a
+//! bridge client task and a routed awsvpc server task. Paths: loopback
 //! in the node namespace (the baseline), task -> task over the bridge, node -> 127.0.0.1:host
 //! port -> task (DNAT), LAN -> node uplink (no NAT, reference for the veth hop), LAN -> node
 //! host port -> task, LAN -> awsvpc task at its own address. Throughput: `iperf3 -c -J` (one
@@ -1031,12 +1032,8 @@ fn node_main(paths: Paths, p: &Params) -> Result<Report> {
         kernel: &kernel,
         paths: &paths,
     };
-    eprintln!(
-        "setup/teardown: {} rounds (+{WARMUP} warm-up) of {} tools",
-        p.rounds,
-        p.tools.len()
-    );
-    let setup = node.setup_bench(p)?;
+    // Traffic first, while the node namespace holds Skiff's table only (the CNI plugins leave
+    // their empty base chains behind in iptables' nat table).
     let traffic = if p.traffic {
         eprintln!(
             "traffic: iperf3 {} x {} s per path, {} ping-pong round trips per path",
@@ -1046,6 +1043,12 @@ fn node_main(paths: Paths, p: &Params) -> Result<Report> {
     } else {
         Vec::new()
     };
+    eprintln!(
+        "setup/teardown: {} rounds (+{WARMUP} warm-up) of {} tools",
+        p.rounds,
+        p.tools.len()
+    );
+    let setup = node.setup_bench(p)?;
     ensure!(
         net.leased_tasks().is_empty(),
         "Skiff kept leases: {:?}",
