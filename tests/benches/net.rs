@@ -14,15 +14,15 @@
 //! `/usr/lib/cni` (`packaging/deps.sh` installs them); without root it says why and exits 0, or
 //! 1 under `SKIFF_REQUIRE_PRIVILEGED=1`.
 //!
-//! **Where it runs.** Everything happens in network namespaces the bench makes, under one
-//! temporary directory: a "node" namespace, where Skiff's bridge, nftables table and the CNI
-//! bridge and iptables rules live, a "LAN" namespace linked to the node by a veth (a stand-in
-//! for another host), and the tasks' namespaces. One thread enters the node namespace and runs
-//! both tools from there, with a current-thread tokio runtime for netd (as netd's real-kernel
-//! test does); the CNI plugins are started by that thread and so run in the node namespace. No
-//! packet goes to an address outside these namespaces. At the end every namespace is unmounted
-//! and every process stopped (also on error or panic), and the bench fails if a mount under its
-//! directory or a new link in the host's namespace is left.
+//! **Where it runs.** Everything happens in network namespaces the bench makes, under one temporary
+//! directory: a "node" namespace, where Skiff's bridge, nftables table and the CNI bridge and
+//! iptables rules live, a "LAN" namespace linked to the node by a veth (a stand-in for another
+//! host), one for the MTU baseline below, and the tasks' namespaces. One thread enters the node
+//! namespace and runs both tools from there, with a current-thread tokio runtime for netd (as
+//! netd's real-kernel test does); the CNI plugins are started by that thread and so run in the node
+//! namespace. No packet goes to an address outside these namespaces. At the end every namespace is
+//! unmounted and every process stopped (also on error or panic), and the bench fails if a mount
+//! under its directory or a new link in the host's namespace is left.
 //!
 //! **Setup and teardown** (`BENCH_ROUNDS`, default 300, timed rounds after 5 untimed warm-up
 //! rounds; each round runs every tool once, rotating which goes first):
@@ -52,22 +52,23 @@
 //! `netns`, `skiff-bridge`, `cni-bridge`, `skiff-awsvpc`, `cni-ptp`) runs a subset, for
 //! profiling one tool; `BENCH_TRAFFIC=0` skips the traffic part.
 //!
-//! **Traffic** (run first, while the node's firewall holds Skiff's table only). Three Skiff
-//! tasks stay up: a bridge server task (host ports 15201 -> iperf3's 5201, 17000 -> 7000), a
-//! bridge client task and a routed awsvpc server task. Paths: loopback
-//! in the node namespace (the baseline), task -> task over the bridge, node -> 127.0.0.1:host
-//! port -> task (DNAT), LAN -> node uplink (no NAT, reference for the veth hop), LAN -> node
-//! host port -> task, LAN -> awsvpc task at its own address. Throughput: `iperf3 -c -J` (one
-//! TCP stream, `BENCH_IPERF_SECS`, default 5, after 1 s omitted), `BENCH_IPERF_RUNS` (default
-//! 3) runs per path, interleaved, started with `nsenter --net=<ns>` against an `iperf3 -s` in
-//! the server's namespace. Latency: iperf3 has no request/response mode (its UDP jitter is the
-//! spread of one-way arrival times, not a round trip), so the bench times a 1-byte TCP
-//! ping-pong over one established connection (`TCP_NODELAY`), each round trip timed with
-//! `Instant` in a thread inside the client's namespace, against a thread echoing the byte in
-//! the server's: `BENCH_PINGS` (default 10000) round trips per path in 5 blocks interleaved
-//! across paths, each block on a new connection after 100 untimed round trips. This measures
-//! what the path adds to a round trip (veth, bridge, routing, NAT on an established conntrack
-//! entry) without process start-up or iperf3's own costs.
+//! **Traffic** (run first, while the node's firewall holds Skiff's table only). Three Skiff tasks
+//! stay up: a bridge server task (host ports 15201 -> iperf3's 5201, 17000 -> 7000), a bridge
+//! client task and a routed awsvpc server task. Paths: loopback in the node namespace (the baseline
+//! the issue asks for); loopback with its MTU lowered to the veths' 1500, in a namespace of its own
+//! (a second baseline: loopback's 64 KiB MTU alone is worth a third of its throughput, which no
+//! path through a 1500-byte veth can have); task -> task over the bridge; node -> 127.0.0.1:host
+//! port -> task (DNAT); LAN -> node uplink (no NAT, the veth hop alone); LAN -> node host port ->
+//! task; LAN -> awsvpc task at its own address. Throughput: `iperf3 -c -J` (one TCP stream,
+//! `BENCH_IPERF_SECS`, default 5, after 1 s omitted), `BENCH_IPERF_RUNS` (default 3) runs per path,
+//! interleaved, started with `nsenter --net=<ns>` against an `iperf3 -s` in the server's namespace.
+//! Latency: iperf3 has no request/response mode (its UDP jitter is the spread of one-way arrival
+//! times, not a round trip), so the bench times a 1-byte TCP ping-pong over one established
+//! connection (`TCP_NODELAY`), each round trip timed with `Instant` in a thread inside the client's
+//! namespace, against a thread echoing the byte in the server's: `BENCH_PINGS` (default 10000)
+//! round trips per path in 5 blocks interleaved across paths, each block on a new connection after
+//! 100 untimed round trips. This measures what the path adds to a round trip (veth, bridge,
+//! routing, NAT on an established conntrack entry) without process start-up or iperf3's own costs.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -270,6 +271,8 @@ fn kernel_for_files() -> Result<Netlink> {
 struct Paths {
     node: PathBuf,
     lan: PathBuf,
+    /// A namespace whose loopback has the veths' MTU (1500): the second baseline.
+    lo1500: PathBuf,
     skiff_netns: PathBuf,
     cni_netns: PathBuf,
     cni_ipam: PathBuf,
@@ -294,6 +297,7 @@ impl Site {
         let paths = Paths {
             node: d.join("node"),
             lan: d.join("lan"),
+            lo1500: d.join("lo1500"),
             skiff_netns: d.join("skiff-netns"),
             cni_netns: d.join("cni-netns"),
             cni_ipam: d.join("cni-ipam"),
@@ -310,6 +314,7 @@ impl Site {
         };
         site.kernel.create_netns(&site.paths.node)?;
         site.kernel.create_netns(&site.paths.lan)?;
+        site.kernel.create_netns(&site.paths.lo1500)?;
         Ok(site)
     }
 }
@@ -322,6 +327,7 @@ impl Drop for Site {
             }
         }
         self.kernel.remove_netns(&self.paths.lan);
+        self.kernel.remove_netns(&self.paths.lo1500);
         self.kernel.remove_netns(&self.paths.node);
     }
 }
@@ -407,7 +413,7 @@ fn ping(ns: &Path, to: SocketAddr, n: usize) -> Result<Vec<f64>> {
     })
 }
 
-/// Stops a pong server (from the calling thread's namespace, which must reach `to`).
+/// Stops a pong server at `to` (from the calling thread's namespace, which must reach it).
 fn quit_pong(to: SocketAddr, h: JoinHandle<()>) -> Result<()> {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
     s.write_all(b"q")?;
@@ -868,6 +874,13 @@ impl Node<'_> {
                 pong_port: PONG_PORT,
             },
             TrafficPath {
+                label: "loopback at MTU 1500 (own namespace), baseline",
+                client: self.paths.lo1500.clone(),
+                to: Ipv4Addr::LOCALHOST,
+                iperf_port: IPERF_PORT,
+                pong_port: PONG_PORT,
+            },
+            TrafficPath {
                 label: "task -> task over the bridge",
                 client: cli.netns.clone(),
                 to: srv.address,
@@ -906,19 +919,27 @@ impl Node<'_> {
         let logs = &self.paths.logs;
         let _servers = [
             IperfServer::start(&self.paths.node, &logs.join("iperf-node.log"))?,
+            IperfServer::start(&self.paths.lo1500, &logs.join("iperf-lo1500.log"))?,
             IperfServer::start(&srv.netns, &logs.join("iperf-bridge-task.log"))?,
             IperfServer::start(&aws.netns, &logs.join("iperf-awsvpc-task.log"))?,
         ];
+        // Each server with where it is stopped from: the node reaches all but the MTU baseline.
+        let node = &self.paths.node;
+        let local = SocketAddr::from((Ipv4Addr::LOCALHOST, PONG_PORT));
         let pongs = [
+            (node, local, pong_server(node, PONG_PORT)?),
             (
-                SocketAddr::from((Ipv4Addr::LOCALHOST, PONG_PORT)),
-                pong_server(&self.paths.node, PONG_PORT)?,
+                &self.paths.lo1500,
+                local,
+                pong_server(&self.paths.lo1500, PONG_PORT)?,
             ),
             (
+                node,
                 SocketAddr::from((srv.address, PONG_PORT)),
                 pong_server(&srv.netns, PONG_PORT)?,
             ),
             (
+                node,
                 SocketAddr::from((aws.address, PONG_PORT)),
                 pong_server(&aws.netns, PONG_PORT)?,
             ),
@@ -959,8 +980,8 @@ impl Node<'_> {
             }
             Ok(())
         })();
-        for (to, h) in pongs {
-            if let Err(e) = quit_pong(to, h) {
+        for (from, to, h) in pongs {
+            if let Err(e) = in_ns(from, move || quit_pong(to, h)) {
                 eprintln!("stopping the ping-pong server at {to}: {e:#}");
             }
         }
@@ -1023,6 +1044,9 @@ fn node_main(paths: Paths, p: &Params) -> Result<Report> {
             "ip link set lo up; ip addr add {UPLINK_LAN}/24 dev lan0; ip link set lan0 up; \
              ip route add {SKIFF_ROUTED_SUBNET} via {UPLINK_NODE}"
         )))?;
+    sh(Command::new("nsenter")
+        .arg(format!("--net={}", paths.lo1500.display()))
+        .args(["ip", "link", "set", "lo", "mtu", "1500", "up"]))?;
     let bridge_nf_call_iptables =
         fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
             .map_or_else(|_| "absent".into(), |s| s.trim().to_owned());
