@@ -28,8 +28,8 @@
 //! rounds; each round runs every tool once, rotating which goes first):
 //!
 //! - *Skiff bridge*: `NodeNetwork::setup` of a `bridge` task with one TCP mapping (host port
-//!   8080 -> 80), then `NodeNetwork::teardown`. Setup makes the namespace (bind mount), persists
-//!   the lease (fsync), binds the host port, adds the veth on the bridge, configures the inside
+//!   8080 -> 80), then `NodeNetwork::teardown`. Setup persists the lease (fsync), binds the host
+//!   port, makes the namespace (bind mount), adds the veth on the bridge, configures the inside
 //!   and adds the mapping to Skiff's nftables map (one `nft -f -`); teardown undoes it.
 //! - *CNI bridge + host-local + portmap*: the namespace made with netd's own
 //!   `Kernel::create_netns` (so both sides pay the same for it), then the chain run as libcni
@@ -56,14 +56,14 @@
 //! stay up: a bridge server task (host ports 15201 -> iperf3's 5201, 17000 -> 7000), a bridge
 //! client task and a routed awsvpc server task. Paths: loopback in the node namespace (the baseline
 //! the issue asks for); loopback with its MTU lowered to the veths' 1500, in a namespace of its own
-//! (a second baseline: loopback's 64 KiB MTU alone is worth a third of its throughput, which no
-//! path through a 1500-byte veth can have); task -> task over the bridge; node -> 127.0.0.1:host
-//! port -> task (DNAT); LAN -> node uplink (no NAT, the veth hop alone); LAN -> node host port ->
-//! task; LAN -> awsvpc task at its own address. Throughput: `iperf3 -c -J` (one TCP stream,
-//! `BENCH_IPERF_SECS`, default 5, after 1 s omitted), `BENCH_IPERF_RUNS` (default 3) runs per path,
-//! interleaved, started with `nsenter --net=<ns>` against an `iperf3 -s` in the server's namespace.
-//! Latency: iperf3 has no request/response mode (its UDP jitter is the spread of one-way arrival
-//! times, not a round trip), so the bench times a 1-byte TCP ping-pong over one established
+//! (a second baseline: loopback's 64 KiB MTU alone is worth a fifth to a quarter of its throughput,
+//! which no path through a 1500-byte veth can have); task -> task over the bridge; node ->
+//! 127.0.0.1:host port -> task (DNAT); LAN -> node uplink (no NAT, the veth hop alone); LAN -> node
+//! host port -> task; LAN -> awsvpc task at its own address. Throughput: `iperf3 -c -J` (one TCP
+//! stream, `BENCH_IPERF_SECS`, default 5, after 1 s omitted), `BENCH_IPERF_RUNS` (default 3) runs
+//! per path, interleaved, started with `nsenter --net=<ns>` against an `iperf3 -s` in the server's
+//! namespace. Latency: iperf3 has no request/response mode (its UDP jitter is the spread of one-way
+//! arrival times, not a round trip), so the bench times a 1-byte TCP ping-pong over one established
 //! connection (`TCP_NODELAY`), each round trip timed with `Instant` in a thread inside the client's
 //! namespace, against a thread echoing the byte in the server's: `BENCH_PINGS` (default 10000)
 //! round trips per path in 5 blocks interleaved across paths, each block on a new connection after
