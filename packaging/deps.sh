@@ -9,6 +9,8 @@ pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
       nftables iproute2 util-linux
       # tests/benches/tasks.rs: the peers Skiff is measured against
       crun runc
+      # tests/benches/net.rs: the CNI plugins netd is measured against, and the traffic tool
+      containernetworking-plugins iperf3
       # tests/vm/run-cgroup2.sh: a cgroup v2 kernel in a QEMU VM (initramfs, modules.dep)
       qemu-system-x86 qemu-utils kmod cpio binutils)
 updated=0
