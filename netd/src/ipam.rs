@@ -364,19 +364,23 @@ impl Ipam {
             self.table.port_cursor = p.checked_add(1);
         }
         self.table.leases.insert(task.to_owned(), lease);
-        self.save()
+        self.save(true)
     }
 
-    /// Forgets `task`'s lease and persists the table; returns it.
+    /// Forgets `task`'s lease and writes the table, atomically but without waiting for the
+    /// disk: a removal lost in a crash leaves a lease of a task that is gone, which
+    /// reconciliation at start tears down again (nothing is given twice either way).
     pub fn remove(&mut self, task: &str) -> Result<Option<Lease>, IpamError> {
         let lease = self.table.leases.remove(task);
         if lease.is_some() {
-            self.save()?;
+            self.save(false)?;
         }
         Ok(lease)
     }
 
-    fn save(&self) -> Result<(), IpamError> {
+    /// Writes the table (temporary file, rename); `durable`: fsync'd, file and directory, before
+    /// returning.
+    fn save(&self, durable: bool) -> Result<(), IpamError> {
         let io = |op, path: &Path| {
             let path = path.to_owned();
             move |source| IpamError::Io { op, path, source }
@@ -387,8 +391,13 @@ impl Ipam {
         let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
         f.write_all(&serde_json::to_vec_pretty(&self.table).expect("leases serialize"))
             .map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
+        if durable {
+            f.sync_all().map_err(io("fsync", &tmp))?;
+        }
         std::fs::rename(&tmp, &self.path).map_err(io("rename", &self.path))?;
+        if !durable {
+            return Ok(());
+        }
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io("fsync", dir))

@@ -17,6 +17,7 @@ mod network;
 pub mod nft;
 pub mod nsfs;
 pub mod ports;
+mod sys;
 
 pub use config::{AwsvpcConfig, LanPool, NetConfig};
 pub use ipam::{Attachment, PortLease, PortRequest, Protocol};

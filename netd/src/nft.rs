@@ -26,10 +26,7 @@ use crate::ipam::{Lease, PortLease, Protocol};
 /// Errors of the firewall.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    /// `nft` could not be run.
-    #[error("running nft")]
-    Spawn(#[source] std::io::Error),
-    /// `nft` refused the script.
+    /// nftables refused the script (or `nft` could not be run).
     #[error("nft refused the change to table {table}: {stderr}")]
     Refused {
         /// The table.
@@ -49,35 +46,78 @@ pub trait Firewall: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), NftError>> + Send;
 }
 
-/// The real firewall: `nft -f -`.
-#[derive(Clone, Debug, Default)]
-pub struct Nft;
+/// The real firewall: libnftables in-process (one context for the daemon's life) when it loads,
+/// else the `nft` command, one process per change.
+#[derive(Debug)]
+pub struct Nft {
+    lib: Option<std::sync::Mutex<crate::sys::Libnftables>>,
+}
 
-impl Firewall for Nft {
-    async fn apply(&self, table: &str, script: String) -> Result<(), NftError> {
+impl Nft {
+    /// libnftables if it loads, else the command. The library's netlink socket is opened here,
+    /// in the calling thread's network namespace, and changes go to that namespace's tables.
+    pub fn new() -> Self {
+        match crate::sys::Libnftables::open() {
+            Ok(lib) => Self {
+                lib: Some(std::sync::Mutex::new(lib)),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "libnftables not loaded: firewall changes run the nft command");
+                Self::command()
+            }
+        }
+    }
+
+    /// Always the `nft` command.
+    pub fn command() -> Self {
+        Self { lib: None }
+    }
+
+    async fn run_command(script: String) -> Result<(), String> {
         use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new("nft")
+        let nft = ["/usr/sbin/nft", "/sbin/nft"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nft");
+        let mut child = tokio::process::Command::new(nft)
             .args(["-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(NftError::Spawn)?;
+            .map_err(|e| format!("running {nft}: {e}"))?;
         let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(NftError::Spawn)?;
+        let written = stdin.write_all(script.as_bytes()).await;
         drop(stdin);
-        let out = child.wait_with_output().await.map_err(NftError::Spawn)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NftError::Refused {
-                table: table.to_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("running {nft}: {e}"))?;
+        match (out.status.success(), written) {
+            (true, Ok(())) => Ok(()),
+            (_, Err(e)) => Err(format!("writing to {nft}: {e}")),
+            (false, _) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
         }
+    }
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Firewall for Nft {
+    async fn apply(&self, table: &str, script: String) -> Result<(), NftError> {
+        // A change takes well under a millisecond in-process: no need to leave the worker.
+        let done = match &self.lib {
+            Some(lib) => lib.lock().expect("nft context").run(&script),
+            None => Self::run_command(script).await,
+        };
+        done.map_err(|stderr| NftError::Refused {
+            table: table.to_owned(),
+            stderr,
+        })
     }
 }
 
@@ -254,6 +294,26 @@ mod tests {
         assert!(s.contains("ip daddr 169.254.170.2 tcp dport 80 dnat ip to 169.254.170.2:51679"));
         let empty = table_script(&spec(), []);
         assert!(!empty.contains("elements"));
+    }
+
+    #[tokio::test]
+    async fn both_ways_to_nftables_report_what_it_refused() {
+        for nft in [Nft::new(), Nft::command()] {
+            let err = nft
+                .apply("skiff", "add element ip skiff ports { bogus".into())
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("nft refused the change to table skiff: "),
+                "{err}"
+            );
+            assert!(err.contains("syntax error"), "{nft:?}: {err}");
+        }
+        assert!(
+            Nft::new().lib.is_some(),
+            "libnftables loads on this machine"
+        );
     }
 
     #[test]

@@ -144,10 +144,13 @@ impl Site {
         }
     }
 
-    /// Runs `f` with a network of `cfg` inside the node namespace, on a runtime of its own.
+    /// Runs `f` with a network of `cfg` applying firewall changes with what `nft` makes (in the
+    /// node namespace: libnftables opens its socket where its context is made), inside the node
+    /// namespace, on a runtime of its own.
     fn with_network<T: Send + 'static>(
         &self,
         cfg: NetConfig,
+        nft: fn() -> Nft,
         f: impl AsyncFnOnce(&NodeNetwork) -> T + Send + 'static,
     ) -> T {
         let dirs = self.dirs();
@@ -157,7 +160,7 @@ impl Site {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let net = NodeNetwork::init(cfg, dirs, Netlink::open().unwrap(), Nft)
+                let net = NodeNetwork::init(cfg, dirs, Netlink::open().unwrap(), nft())
                     .await
                     .unwrap();
                 f(&net).await
@@ -225,7 +228,7 @@ fn bridge_port_mappings_nat_and_routed_awsvpc_with_real_traffic() {
     let routed = Some(AwsvpcConfig::Routed {
         subnet: "10.124.0.0/24".parse().unwrap(),
     });
-    site.with_network(cfg(routed), async move |net: &NodeNetwork| {
+    site.with_network(cfg(routed), Nft::new, async move |net: &NodeNetwork| {
         let req = |id: &str, mode, ports| TaskRequest {
             task_id: id.into(),
             mode,
@@ -333,31 +336,37 @@ fn macvlan_awsvpc_task_on_the_lan_and_its_metadata_link() {
     {
         let lan = lan.clone();
         let node = site.node.clone();
-        site.with_network(cfg(Some(lan_mode)), async move |net: &NodeNetwork| {
-            let t = net
-                .setup(&TaskRequest {
-                    task_id: A.into(),
-                    mode: Mode::Awsvpc,
-                    ports: vec![],
-                })
-                .await
-                .unwrap();
-            assert_eq!(t.address.to_string(), "192.168.77.100");
-            serve_tcp(&t.netns, 80);
-            serve_tcp(&lan, 9000);
-            serve_tcp(&node, 80);
-            // The LAN reaches the task at its own address, on the same segment.
-            assert_eq!(ask_tcp(&lan, "192.168.77.100:80"), "192.168.77.2");
-            assert_eq!(ask_tcp(&t.netns, "192.168.77.2:9000"), "192.168.77.100");
-            // The node answers the metadata address over the metadata link.
-            let meta_listener = in_ns(&node, || TcpListener::bind("169.254.170.2:8099").unwrap());
-            std::thread::spawn(move || {
-                let (mut s, peer) = meta_listener.accept().unwrap();
-                let _ = s.write_all(peer.ip().to_string().as_bytes());
-            });
-            assert_eq!(ask_tcp(&t.netns, "169.254.170.2:8099"), "169.254.172.2");
-            net.teardown(A).await.unwrap();
-            assert!(!t.netns.exists());
-        });
+        // The nft command, where libnftables is missing.
+        site.with_network(
+            cfg(Some(lan_mode)),
+            Nft::command,
+            async move |net: &NodeNetwork| {
+                let t = net
+                    .setup(&TaskRequest {
+                        task_id: A.into(),
+                        mode: Mode::Awsvpc,
+                        ports: vec![],
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(t.address.to_string(), "192.168.77.100");
+                serve_tcp(&t.netns, 80);
+                serve_tcp(&lan, 9000);
+                serve_tcp(&node, 80);
+                // The LAN reaches the task at its own address, on the same segment.
+                assert_eq!(ask_tcp(&lan, "192.168.77.100:80"), "192.168.77.2");
+                assert_eq!(ask_tcp(&t.netns, "192.168.77.2:9000"), "192.168.77.100");
+                // The node answers the metadata address over the metadata link.
+                let meta_listener =
+                    in_ns(&node, || TcpListener::bind("169.254.170.2:8099").unwrap());
+                std::thread::spawn(move || {
+                    let (mut s, peer) = meta_listener.accept().unwrap();
+                    let _ = s.write_all(peer.ip().to_string().as_bytes());
+                });
+                assert_eq!(ask_tcp(&t.netns, "169.254.170.2:8099"), "169.254.172.2");
+                net.teardown(A).await.unwrap();
+                assert!(!t.netns.exists());
+            },
+        );
     }
 }

@@ -247,7 +247,7 @@ impl Daemon {
                 leases: cfg.root.join("network").join("leases.json"),
             },
             skiff_netd::Netlink::open().map_err(skiff_netd::NetError::from)?,
-            skiff_netd::Nft,
+            skiff_netd::Nft::new(),
         )
         .await
         {

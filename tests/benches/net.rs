@@ -1021,7 +1021,7 @@ fn node_main(paths: Paths, p: &Params) -> Result<Report> {
         leases: paths.leases.clone(),
     };
     let net = rt
-        .block_on(NodeNetwork::init(cfg, dirs, Netlink::open()?, Nft))
+        .block_on(NodeNetwork::init(cfg, dirs, Netlink::open()?, Nft::new()))
         .context("netd init in the node namespace")?;
     // The uplink to the LAN namespace; the LAN routes the awsvpc subnet to the node.
     sh(Command::new("ip")
