@@ -82,7 +82,7 @@ fi
 for old in $(skiff task ls | awk '$2 == "hello" || $2 == "web" {print $1}'); do skiff task stop "$old" >/dev/null; done
 echo "== skiff task run -f packaging/examples/web-task.json"
 web=$(skiff task run -f packaging/examples/web-task.json)
-skiff task describe "$web" | grep -E '"(hostPort|containerPort|privateIpv4Address)"' | sort -u
+skiff task describe "$web" | grep -E '"(hostPort|containerPort|privateIpv4Address)"' | tr -d ' ,' | sort -u
 echo "== curl http://127.0.0.1:8080/"
 curl -fsS --retry 20 --retry-connrefused --retry-delay 0 http://127.0.0.1:8080/
 echo "== skiff task run -f packaging/examples/hello-task.json"
