@@ -87,7 +87,7 @@ use skiff_netd::{
     AwsvpcConfig, Mode, NetConfig, NetDirs, Netlink, Nft, NodeNetwork, PortRequest, Protocol,
     TaskRequest,
 };
-use skiff_tests::{bench_may_run, sh};
+use skiff_tests::{bench_may_run, env_num, percentile, sh};
 use tempfile::TempDir;
 
 const RERUN: &str = "cargo bench -p skiff-tests --bench net";
@@ -109,16 +109,6 @@ const UPLINK_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 2);
 const SKIFF_ROUTED_SUBNET: &str = "10.86.0.0/16";
 const PING_BLOCKS: usize = 5;
 const PING_WARMUP: usize = 100;
-
-fn env_num(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => bail!("{name}={v:?} is not a positive number"),
-        },
-        Err(_) => Ok(default),
-    }
-}
 
 /// The tools of the setup benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1118,13 +1108,6 @@ fn run(p: &Params) -> Result<()> {
 }
 
 // ---- statistics and output -----------------------------------------------------------------
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64

@@ -63,20 +63,12 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::{Value, json};
 use skiff_runtime::client::Client;
-use skiff_tests::{BUSYBOX, Skiffd, bench_may_run, remove_cgroup_parent, workspace_bin};
+use skiff_tests::{
+    BUSYBOX, Skiffd, bench_may_run, env_num, percentile, remove_cgroup_parent, workspace_bin,
+};
 
 const RERUN: &str = "cargo build --release --workspace && cargo bench -p skiff-tests --bench tasks";
 const WARMUP: usize = 5;
-
-fn env_num(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => bail!("{name}={v:?} is not a positive number"),
-        },
-        Err(_) => Ok(default),
-    }
-}
 
 struct Params {
     rounds: usize,
@@ -573,13 +565,6 @@ async fn peer_template(s: &Skiff<'_>, rootfs: &Path) -> Result<Value> {
 }
 
 // ---- statistics and output -----------------------------------------------------------------
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
 
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();

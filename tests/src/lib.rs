@@ -963,6 +963,25 @@ pub fn bench_may_run(what: &str) -> std::result::Result<(), std::process::ExitCo
     }
 }
 
+/// A benchmark knob: the positive number in environment variable `name`, else `default`.
+pub fn env_num(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!("{name}={v:?} is not a positive number"),
+        },
+        Err(_) => Ok(default),
+    }
+}
+
+/// The `p` quantile (0..=1) of `v` by the nearest-rank method.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
 /// Writes the busybox test image ([`busybox_layer`]) as an OCI layout at `dir`, tag `1`.
 pub fn write_busybox_layout(dir: &Path) {
     write_layout(
