@@ -87,7 +87,7 @@ use skiff_netd::{
     AwsvpcConfig, Mode, NetConfig, NetDirs, Netlink, Nft, NodeNetwork, PortRequest, Protocol,
     TaskRequest,
 };
-use skiff_tests::{bench_may_run, env_num, percentile, sh};
+use skiff_tests::{bench_may_run, env_num, first_line, percentile, sh};
 use tempfile::TempDir;
 
 const RERUN: &str = "cargo bench -p skiff-tests --bench net";
@@ -1111,20 +1111,6 @@ fn run(p: &Params) -> Result<()> {
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
-}
-
-fn first_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
 }
 
 /// The 1-minute load average: the machine may be shared, and the figures move with it.

@@ -64,7 +64,8 @@ use hyper::Method;
 use serde_json::{Value, json};
 use skiff_runtime::client::Client;
 use skiff_tests::{
-    BUSYBOX, Skiffd, bench_may_run, env_num, percentile, remove_cgroup_parent, workspace_bin,
+    BUSYBOX, Skiffd, bench_may_run, env_num, first_line, percentile, remove_cgroup_parent,
+    workspace_bin,
 };
 
 const RERUN: &str = "cargo build --release --workspace && cargo bench -p skiff-tests --bench tasks";
@@ -577,20 +578,6 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn first_line(cmd: &str, arg: &str) -> String {
-    Command::new(cmd)
-        .arg(arg)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 /// (RSS, PSS) in KiB of a process.
 fn rss_pss(pid: i64) -> Result<(u64, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
@@ -891,7 +878,7 @@ fn run(rt: &tokio::runtime::Runtime, p: &Params) -> Result<()> {
     ensure!(leaks == [0, 0], "peer containers left behind: {leaks:?}");
 
     // ---- the report
-    let kernel = first_line("uname", "-r");
+    let kernel = first_line("uname", &["-r"]);
     println!();
     println!(
         "Skiff (release) at commit {}; {}; {}; kernel {kernel}; {} CPUs; BENCH_ROUNDS={} \
@@ -901,8 +888,8 @@ fn run(rt: &tokio::runtime::Runtime, p: &Params) -> Result<()> {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default(),
-        first_line("crun", "--version"),
-        first_line("runc", "--version"),
+        first_line("crun", &["--version"]),
+        first_line("runc", &["--version"]),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         p.rounds,
         p.concurrency,

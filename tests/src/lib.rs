@@ -982,6 +982,22 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     v[rank - 1]
 }
 
+/// The first line of `cmd args`'s output, trimmed; `?` when it cannot run (a version for a
+/// benchmark's report).
+pub fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Writes the busybox test image ([`busybox_layer`]) as an OCI layout at `dir`, tag `1`.
 pub fn write_busybox_layout(dir: &Path) {
     write_layout(
