@@ -1,1 +1,17 @@
+//! apid, Skiff's control plane. Its operator API is the Amazon ECS API, on the wire (AWS JSON
+//! 1.1, SigV4 with access keys apid issues), so the `aws ecs` CLI, boto3 and the SDKs work
+//! against it with `--endpoint-url`. State lives in an embedded SQLite database.
+//!
+//! Layers: [`protocol`] (HTTP: authentication, the target header, error bodies) over [`ecs`]
+//! (the actions, typed requests and responses) over the store ([`store`], [`keys`]). The binary
+//! (`apid serve`, `apid keys ...`) is a thin adapter.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod config;
+pub mod ecs;
+pub mod error;
+pub mod keys;
+pub mod protocol;
+pub mod sigv4;
+pub mod store;

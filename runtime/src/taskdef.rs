@@ -803,7 +803,7 @@ impl TaskDefinition {
         if c.image.trim().is_empty() {
             return Err(invalid(format!("{f}.image"), "is required"));
         }
-        if c.memory == Some(0) {
+        if c.memory.is_some_and(|m| m < 6) {
             return Err(invalid(format!("{f}.memory"), "must be at least 6 MiB"));
         }
         if let (Some(m), Some(r)) = (c.memory, c.memory_reservation)

@@ -1,0 +1,119 @@
+//! apid's configuration (`/etc/skiff/apid.toml`): where it listens, where it keeps its state, and
+//! the account id and region its ARNs and SigV4 scopes carry. Every key has a default; an
+//! unknown key is an error naming it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where apid looks for its configuration.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/skiff/apid.toml";
+
+/// Errors of the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ApidConfigError {
+    /// The file exists but could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// apid's settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApidConfig {
+    /// The operator API (the ECS API). Plain HTTP: put it on loopback or behind TLS.
+    pub listen: SocketAddr,
+    /// The SQLite database file.
+    pub database: PathBuf,
+    /// The region in ARNs, and the one SigV4 scopes must name.
+    pub region: String,
+    /// The 12-digit account id in ARNs.
+    pub account_id: String,
+}
+
+impl Default for ApidConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8460".parse().expect("a valid default address"),
+            database: PathBuf::from("/var/lib/skiff-apid/apid.db"),
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+        }
+    }
+}
+
+impl ApidConfig {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, ApidConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ApidConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let invalid = |message: String| ApidConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let cfg: Self = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if cfg.account_id.len() != 12 || !cfg.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(format!(
+                "account_id {:?}: 12 digits",
+                cfg.account_id
+            )));
+        }
+        if cfg.region.is_empty()
+            || !cfg
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid(format!(
+                "region {:?}: lowercase letters, digits and '-'",
+                cfg.region
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_naming_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("apid.toml");
+        let c = ApidConfig::load(&p).unwrap();
+        assert_eq!(c.region, "us-east-1");
+        for (text, says) in [
+            ("regoin = \"x\"\n", "regoin"),
+            ("account_id = \"12\"\n", "account_id"),
+            ("region = \"US East\"\n", "region"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = ApidConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+}

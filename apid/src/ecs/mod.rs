@@ -1,0 +1,150 @@
+//! The ECS API's actions over apid's store: each action's request is deserialised from its
+//! AWS JSON body into a typed struct (names and shapes of botocore's ECS model), handled, and its
+//! response serialised back. The HTTP adapter ([`crate::protocol`]) only authenticates and calls
+//! [`Api::call`].
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::SqlitePool;
+
+use crate::config::ApidConfig;
+use crate::error::ApiError;
+
+mod clusters;
+mod task_definitions;
+
+/// The ECS service of apid.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pool: SqlitePool,
+    cfg: ApidConfig,
+}
+
+/// An ECS tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tag {
+    /// The key.
+    pub key: String,
+    /// The value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Seconds since the epoch, as the ECS API's timestamps.
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The action's request from its body (an empty body is `{}`).
+fn request<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.is_empty() {
+        b"{}" as &[u8]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| ApiError::Serialization(e.to_string()))
+}
+
+fn response<T: Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::Server(format!("serialising a response: {e}")))
+}
+
+/// One page of `items` for `nextToken`/`maxResults` (at most `limit`, ECS's 100 by default).
+fn page<T>(
+    items: Vec<T>,
+    next_token: Option<&str>,
+    max_results: Option<i64>,
+    limit: usize,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let max = match max_results {
+        None => limit,
+        Some(n) if n >= 1 && n as usize <= limit => n as usize,
+        Some(n) => {
+            return Err(ApiError::InvalidParameter(format!(
+                "maxResults {n} must be between 1 and {limit}"
+            )));
+        }
+    };
+    let start = match next_token {
+        None => 0,
+        Some(t) => hex::decode(t)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse::<usize>().ok()))
+            .ok_or_else(|| ApiError::InvalidParameter("nextToken is not valid".into()))?,
+    };
+    let total = items.len();
+    let out: Vec<T> = items.into_iter().skip(start).take(max).collect();
+    let next = (start + out.len() < total).then(|| hex::encode(format!("o:{}", start + out.len())));
+    Ok((out, next))
+}
+
+impl Api {
+    /// The service over `pool`.
+    pub fn new(pool: SqlitePool, cfg: ApidConfig) -> Self {
+        Self { pool, cfg }
+    }
+
+    /// The store.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ApidConfig {
+        &self.cfg
+    }
+
+    /// `arn:aws:ecs:<region>:<account>:<resource>`.
+    fn arn(&self, resource: &str) -> String {
+        format!(
+            "arn:aws:ecs:{}:{}:{resource}",
+            self.cfg.region, self.cfg.account_id
+        )
+    }
+
+    /// Runs `action` on its JSON `body`.
+    pub async fn call(&self, action: &str, body: &[u8]) -> Result<Value, ApiError> {
+        match action {
+            "CreateCluster" => response(&self.create_cluster(request(body)?).await?),
+            "DescribeClusters" => response(&self.describe_clusters(request(body)?).await?),
+            "ListClusters" => response(&self.list_clusters(request(body)?).await?),
+            "DeleteCluster" => response(&self.delete_cluster(request(body)?).await?),
+            "RegisterTaskDefinition" => response(&self.register_task_definition(body).await?),
+            "DescribeTaskDefinition" => {
+                response(&self.describe_task_definition(request(body)?).await?)
+            }
+            "ListTaskDefinitions" => response(&self.list_task_definitions(request(body)?).await?),
+            "ListTaskDefinitionFamilies" => {
+                response(&self.list_task_definition_families(request(body)?).await?)
+            }
+            "DeregisterTaskDefinition" => {
+                response(&self.deregister_task_definition(request(body)?).await?)
+            }
+            "DeleteTaskDefinitions" => {
+                response(&self.delete_task_definitions(request(body)?).await?)
+            }
+            other => Err(ApiError::UnknownOperation(format!(
+                "apid does not implement the ECS action {other}"
+            ))),
+        }
+    }
+}
+
+/// A `failures[]` entry of Describe* and batch actions.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// The resource asked for.
+    pub arn: String,
+    /// Why (`MISSING`).
+    pub reason: String,
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

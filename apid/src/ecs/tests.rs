@@ -1,0 +1,273 @@
+//! The actions over a real SQLite file, without HTTP.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+async fn api() -> (tempfile::TempDir, Api) {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = crate::store::open(&tmp.path().join("apid.db"))
+        .await
+        .unwrap();
+    (tmp, Api::new(pool, ApidConfig::default()))
+}
+
+async fn call(api: &Api, action: &str, body: Value) -> Result<Value, ApiError> {
+    api.call(action, body.to_string().as_bytes()).await
+}
+
+#[tokio::test]
+async fn clusters_create_describe_list_page_and_delete() {
+    let (_t, api) = api().await;
+    let c = call(
+        &api,
+        "CreateCluster",
+        json!({"clusterName": "edge", "tags": [{"key": "site", "value": "a"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c["cluster"]["clusterArn"],
+        "arn:aws:ecs:us-east-1:000000000000:cluster/edge"
+    );
+    assert_eq!(c["cluster"]["status"], "ACTIVE");
+    // Idempotent, and `default` when no name is given.
+    call(&api, "CreateCluster", json!({"clusterName": "edge"}))
+        .await
+        .unwrap();
+    call(&api, "CreateCluster", json!({})).await.unwrap();
+    for n in ["a1", "a2", "a3"] {
+        call(&api, "CreateCluster", json!({"clusterName": n}))
+            .await
+            .unwrap();
+    }
+    let d = call(
+        &api,
+        "DescribeClusters",
+        json!({"clusters": ["edge", "arn:aws:ecs:us-east-1:000000000000:cluster/a1", "nope"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d["clusters"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        d["failures"][0],
+        json!({"arn": "arn:aws:ecs:us-east-1:000000000000:cluster/nope", "reason": "MISSING"})
+    );
+    let d = call(&api, "DescribeClusters", json!({})).await.unwrap();
+    assert_eq!(d["clusters"][0]["clusterName"], "default");
+    // Pages of two, following nextToken to the end.
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = json!({"maxResults": 2});
+        if let Some(t) = &token {
+            req["nextToken"] = t.clone().into();
+        }
+        let p = call(&api, "ListClusters", req).await.unwrap();
+        seen.extend(
+            p["clusterArns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().rsplit('/').next().unwrap().to_owned()),
+        );
+        match p["nextToken"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a1", "a2", "a3", "default", "edge"]);
+    let e = call(&api, "ListClusters", json!({"maxResults": 101}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::InvalidParameter(_)), "{e:?}");
+    let e = call(&api, "ListClusters", json!({"nextToken": "zz"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::InvalidParameter(_)), "{e:?}");
+    let gone = call(&api, "DeleteCluster", json!({"cluster": "edge"}))
+        .await
+        .unwrap();
+    assert_eq!(gone["cluster"]["status"], "INACTIVE");
+    let e = call(&api, "DeleteCluster", json!({"cluster": "edge"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::ClusterNotFound), "{e:?}");
+    let e = call(&api, "CreateCluster", json!({"clusterName": "bad name"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::InvalidParameter(_)), "{e:?}");
+    let e = call(
+        &api,
+        "CreateCluster",
+        json!({"clusterName": "x", "bogus": 1}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, ApiError::Serialization(ref m) if m.contains("bogus")),
+        "{e:?}"
+    );
+    let e = call(&api, "RunFaster", json!({})).await.unwrap_err();
+    assert!(matches!(e, ApiError::UnknownOperation(_)), "{e:?}");
+}
+
+fn web(family: &str) -> Value {
+    json!({
+        "family": family,
+        "networkMode": "bridge",
+        "containerDefinitions": [{"name": "web", "image": "busybox", "memory": 64, "portMappings": [{"containerPort": 80}]}],
+        "tags": [{"key": "team", "value": "edge"}]
+    })
+}
+
+#[tokio::test]
+async fn task_definitions_register_describe_list_deregister_delete() {
+    let (_t, api) = api().await;
+    for _ in 0..3 {
+        call(&api, "RegisterTaskDefinition", web("web"))
+            .await
+            .unwrap();
+    }
+    let r = call(&api, "RegisterTaskDefinition", web("api"))
+        .await
+        .unwrap();
+    assert_eq!(r["taskDefinition"]["revision"], 1);
+    assert_eq!(
+        r["taskDefinition"]["taskDefinitionArn"],
+        "arn:aws:ecs:us-east-1:000000000000:task-definition/api:1"
+    );
+    assert_eq!(
+        r["taskDefinition"]["containerDefinitions"][0]["portMappings"][0]["containerPort"],
+        80
+    );
+    assert_eq!(r["tags"][0]["key"], "team");
+    // The family alone is its latest active revision; a revision or an ARN names one.
+    let d = call(
+        &api,
+        "DescribeTaskDefinition",
+        json!({"taskDefinition": "web"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d["taskDefinition"]["revision"], 3);
+    assert!(d.get("tags").is_none());
+    let d = call(&api, "DescribeTaskDefinition", json!({"taskDefinition": "arn:aws:ecs:us-east-1:000000000000:task-definition/web:2", "include": ["TAGS"]}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            d["taskDefinition"]["revision"].clone(),
+            d["tags"][0]["value"].clone()
+        ),
+        (json!(2), json!("edge"))
+    );
+    // What a node cannot run is refused with the field named.
+    let mut bad = web("bad");
+    bad["containerDefinitions"][0]["memory"] = json!(2);
+    let e = call(&api, "RegisterTaskDefinition", bad).await.unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Client(m) if m.contains("containerDefinitions[0].memory")),
+        "{e:?}"
+    );
+    let mut bad = web("bad");
+    bad["containerDefinitions"][0]["secrets"] = json!([]);
+    let e = call(&api, "RegisterTaskDefinition", bad).await.unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Client(m) if m.contains("secrets")),
+        "{e:?}"
+    );
+    // Lists, filters, order.
+    let l = call(
+        &api,
+        "ListTaskDefinitions",
+        json!({"familyPrefix": "we", "sort": "DESC"}),
+    )
+    .await
+    .unwrap();
+    let arns: Vec<&str> = l["taskDefinitionArns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(arns, ["web:3", "web:2", "web:1"]);
+    let l = call(&api, "ListTaskDefinitions", json!({"maxResults": 2}))
+        .await
+        .unwrap();
+    assert_eq!(l["taskDefinitionArns"].as_array().unwrap().len(), 2);
+    assert!(l["nextToken"].is_string());
+    // Deregister, then the bare family resolves to the latest active revision left.
+    let g = call(
+        &api,
+        "DeregisterTaskDefinition",
+        json!({"taskDefinition": "web:3"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(g["taskDefinition"]["status"], "INACTIVE");
+    assert!(g["taskDefinition"]["deregisteredAt"].is_number());
+    let d = call(
+        &api,
+        "DescribeTaskDefinition",
+        json!({"taskDefinition": "web"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d["taskDefinition"]["revision"], 2);
+    let e = call(
+        &api,
+        "DeregisterTaskDefinition",
+        json!({"taskDefinition": "web"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ApiError::Client(_)), "{e:?}");
+    let f = call(&api, "ListTaskDefinitionFamilies", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(f["families"], json!(["api", "web"]));
+    call(
+        &api,
+        "DeregisterTaskDefinition",
+        json!({"taskDefinition": "api:1"}),
+    )
+    .await
+    .unwrap();
+    let f = call(
+        &api,
+        "ListTaskDefinitionFamilies",
+        json!({"status": "INACTIVE"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(f["families"], json!(["api"]));
+    // Delete: inactive ones only; the rest are failures.
+    let x = call(
+        &api,
+        "DeleteTaskDefinitions",
+        json!({"taskDefinitions": ["web:3", "web:1", "web:9"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(x["taskDefinitions"][0]["status"], "DELETE_IN_PROGRESS");
+    let reasons: Vec<&str> = x["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{x:#}");
+    assert!(reasons[0].contains("still in ACTIVE status"));
+    let e = call(
+        &api,
+        "DescribeTaskDefinition",
+        json!({"taskDefinition": "web:3"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::Client(m) if m == "Unable to describe task definition."),
+        "{e:?}"
+    );
+}

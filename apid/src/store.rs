@@ -1,0 +1,69 @@
+//! apid's state in SQLite: one file, WAL, nothing to install. Tables are created at open
+//! (`CREATE TABLE IF NOT EXISTS`); task definitions keep their registered JSON as it was given,
+//! so describing one returns what was registered.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+
+/// Errors of opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or prepared.
+    #[error("database {path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS clusters (
+        name TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        tags TEXT NOT NULL DEFAULT '[]'
+    )",
+    "CREATE TABLE IF NOT EXISTS task_definitions (
+        family TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '[]',
+        registered_at REAL NOT NULL,
+        deregistered_at REAL,
+        PRIMARY KEY (family, revision)
+    )",
+    "CREATE TABLE IF NOT EXISTS access_keys (
+        id TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    )",
+];
+
+/// Opens (creating) the database at `path` and its tables.
+pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
+    let err = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
+    }
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .map_err(err)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let pool = SqlitePool::connect_with(opts).await.map_err(err)?;
+    for stmt in SCHEMA {
+        sqlx::query(*stmt).execute(&pool).await.map_err(err)?;
+    }
+    Ok(pool)
+}
