@@ -5,6 +5,8 @@ set -euo pipefail
 pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
       curl docker-registry skopeo umoci busybox-static apache2-utils tini
       golang-github-containers-common
+      # apid/: its ECS API is tested with the real aws CLI and boto3
+      awscli python3-boto3
       # netd/: task networking (nft for Skiff's table; ip and nsenter in tests)
       nftables iproute2 util-linux
       # tests/benches/tasks.rs: the peers Skiff is measured against
