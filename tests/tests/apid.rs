@@ -83,7 +83,7 @@ impl Apid {
 
     /// `aws ecs <args>` signed with `key`.
     fn aws_as(&self, key: (&str, &str), args: &[&str]) -> Output {
-        Command::new("aws")
+        Command::new("/usr/bin/aws")
             .arg("ecs")
             .args(args)
             .args([
