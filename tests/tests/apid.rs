@@ -188,8 +188,7 @@ fn the_aws_cli_manages_clusters_and_task_definitions() {
     assert_eq!(l["taskDefinitionArns"].as_array().unwrap().len(), 1, "{l}");
     let f = a.aws(&["list-task-definition-families"]);
     assert_eq!(f["families"], serde_json::json!(["web"]));
-    let x = a.aws(&["delete-task-definitions", "--task-definitions", "web:1"]);
-    assert_eq!(x["taskDefinitions"][0]["status"], "DELETE_IN_PROGRESS");
+    // (delete-task-definitions is newer than Debian 12's aws CLI 2.9: unit-tested in apid.)
     // ECS's errors, as the CLI reports them.
     std::fs::write(
         &def,
