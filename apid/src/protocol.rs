@@ -24,7 +24,7 @@ pub const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
 /// The service name in SigV4 scopes.
 pub const SERVICE: &str = "ecs";
 
-/// The operator API's router.
+/// The operator API's router (one route: AWS JSON puts the action in a header).
 pub fn router(api: Api) -> Router {
     Router::new().route("/", post(handle)).with_state(api)
 }

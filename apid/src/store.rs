@@ -38,6 +38,17 @@ const SCHEMA: &[&str] = &[
         deregistered_at REAL,
         PRIMARY KEY (family, revision)
     )",
+    "CREATE TABLE IF NOT EXISTS container_instances (
+        id TEXT PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        status TEXT NOT NULL,
+        agent_connected INTEGER NOT NULL DEFAULT 0,
+        registered_at REAL NOT NULL,
+        resources TEXT NOT NULL,
+        attributes TEXT NOT NULL DEFAULT '[]',
+        version_info TEXT NOT NULL DEFAULT '{}',
+        cert_serial TEXT
+    )",
     "CREATE TABLE IF NOT EXISTS access_keys (
         id TEXT PRIMARY KEY,
         secret TEXT NOT NULL,

@@ -12,7 +12,10 @@ use crate::config::ApidConfig;
 use crate::error::ApiError;
 
 mod clusters;
+mod container_instances;
 mod task_definitions;
+
+pub use container_instances::{Attribute, NodeInfo};
 
 /// The ECS service of apid.
 #[derive(Clone, Debug)]
@@ -37,6 +40,16 @@ fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A fresh id: 32 hex digits from the kernel's random source, as ECS's task and instance ids.
+pub(crate) fn random_id() -> String {
+    let mut b = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    assert!(ok, "reading /dev/urandom");
+    hex::encode(b)
 }
 
 /// The action's request from its body (an empty body is `{}`).
@@ -128,6 +141,17 @@ impl Api {
             "DeleteTaskDefinitions" => {
                 response(&self.delete_task_definitions(request(body)?).await?)
             }
+            "ListContainerInstances" => self.list_container_instances(request(body)?).await,
+            "DescribeContainerInstances" => self.describe_container_instances(request(body)?).await,
+            "DeregisterContainerInstance" => {
+                self.deregister_container_instance(request(body)?).await
+            }
+            "UpdateContainerInstancesState" => {
+                self.update_container_instances_state(request(body)?).await
+            }
+            "PutAttributes" => self.put_attributes(request(body)?).await,
+            "DeleteAttributes" => self.delete_attributes(request(body)?).await,
+            "ListAttributes" => self.list_attributes(request(body)?).await,
             other => Err(ApiError::UnknownOperation(format!(
                 "apid does not implement the ECS action {other}"
             ))),

@@ -271,3 +271,131 @@ async fn task_definitions_register_describe_list_deregister_delete() {
         "{e:?}"
     );
 }
+
+fn node(arch: &str) -> NodeInfo {
+    NodeInfo {
+        cpu: 2048,
+        memory: 3900,
+        reserved_ports: vec![22],
+        attributes: vec![
+            Attribute {
+                name: "ecs.cpu-architecture".into(),
+                value: Some(arch.into()),
+                target_type: None,
+                target_id: None,
+            },
+            Attribute {
+                name: "ecs.os-type".into(),
+                value: Some("linux".into()),
+                target_type: None,
+                target_id: None,
+            },
+        ],
+        agent_version: "skiff 0.1.0".into(),
+        hostname: "box1".into(),
+    }
+}
+
+#[tokio::test]
+async fn container_instances_drain_attributes_and_deregister() {
+    let (_t, api) = api().await;
+    let e = api
+        .register_instance("edge", &node("x86_64"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::ClusterNotFound), "{e:?}");
+    call(&api, "CreateCluster", json!({"clusterName": "edge"}))
+        .await
+        .unwrap();
+    let a = api
+        .register_instance("edge", &node("x86_64"))
+        .await
+        .unwrap();
+    let b = api.register_instance("edge", &node("arm64")).await.unwrap();
+    let l = call(&api, "ListContainerInstances", json!({"cluster": "edge"}))
+        .await
+        .unwrap();
+    assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 2);
+    let d = call(
+        &api,
+        "DescribeContainerInstances",
+        json!({"cluster": "edge", "containerInstances": [a.clone(), "nope"]}),
+    )
+    .await
+    .unwrap();
+    let inst = &d["containerInstances"][0];
+    assert_eq!(inst["registeredResources"][1]["integerValue"], 3900);
+    assert!(
+        inst["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "ecs.cpu-architecture" && x["value"] == "x86_64")
+    );
+    assert_eq!(d["failures"][0]["reason"], "MISSING");
+    // Drain.
+    let u = call(
+        &api,
+        "UpdateContainerInstancesState",
+        json!({"cluster": "edge", "containerInstances": [b.clone()], "status": "DRAINING"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(u["containerInstances"][0]["status"], "DRAINING");
+    let l = call(
+        &api,
+        "ListContainerInstances",
+        json!({"cluster": "edge", "status": "DRAINING"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 1);
+    // Custom attributes.
+    call(&api, "PutAttributes", json!({"cluster": "edge", "attributes": [{"name": "site", "value": "lab", "targetId": a.clone()}]}))
+        .await
+        .unwrap();
+    let l = call(
+        &api,
+        "ListAttributes",
+        json!({"cluster": "edge", "targetType": "container-instance", "attributeName": "site"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(l["attributes"][0]["value"], "lab");
+    call(
+        &api,
+        "DeleteAttributes",
+        json!({"cluster": "edge", "attributes": [{"name": "site", "targetId": a.clone()}]}),
+    )
+    .await
+    .unwrap();
+    let l = call(
+        &api,
+        "ListAttributes",
+        json!({"cluster": "edge", "targetType": "container-instance", "attributeName": "site"}),
+    )
+    .await
+    .unwrap();
+    assert!(l["attributes"].as_array().unwrap().is_empty());
+    let e = call(
+        &api,
+        "PutAttributes",
+        json!({"cluster": "edge", "attributes": [{"name": "x", "targetId": "nope"}]}),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ApiError::InvalidParameter(_)), "{e:?}");
+    // Deregister: INACTIVE, gone from the default listing.
+    let g = call(
+        &api,
+        "DeregisterContainerInstance",
+        json!({"cluster": "edge", "containerInstance": a.clone()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(g["containerInstance"]["status"], "INACTIVE");
+    let l = call(&api, "ListContainerInstances", json!({"cluster": "edge"}))
+        .await
+        .unwrap();
+    assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,421 @@
+//! Container instances (the nodes of a cluster): their record, and ListContainerInstances,
+//! DescribeContainerInstances, DeregisterContainerInstance, UpdateContainerInstancesState, plus
+//! attributes (PutAttributes, ListAttributes, DeleteAttributes). Nodes are recorded by
+//! registration ([`Api::register_instance`]), with their resources and attributes
+//! (`ecs.cpu-architecture`, `ecs.os-type`, custom ones).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::clusters::cluster_name;
+use super::{Api, Failure, now, page};
+use crate::error::ApiError;
+
+/// A node's attribute (ECS `Attribute`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Attribute {
+    /// The name (`ecs.cpu-architecture`, or custom).
+    pub name: String,
+    /// The value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `container-instance` (the only target type here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_type: Option<String>,
+    /// The instance's ARN or id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+}
+
+/// What a node reports when it registers.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// CPU units (1024 per core).
+    pub cpu: i64,
+    /// Memory in MiB available to tasks.
+    pub memory: i64,
+    /// Host ports in use by the node itself.
+    pub reserved_ports: Vec<u16>,
+    /// Attributes (`ecs.cpu-architecture` and `ecs.os-type` among them).
+    pub attributes: Vec<Attribute>,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The node's hostname (`ec2InstanceId` on ECS Anywhere is `mi-...`; ours is `sk-<id>`).
+    pub hostname: String,
+}
+
+type Row = (String, String, String, i64, f64, String, String, String);
+const COLUMNS: &str = "id, cluster, status, agent_connected, registered_at, resources, attributes, version_info FROM container_instances";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ListContainerInstances {
+    cluster: Option<String>,
+    filter: Option<String>,
+    status: Option<String>,
+    next_token: Option<String>,
+    max_results: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct DescribeContainerInstances {
+    cluster: Option<String>,
+    container_instances: Vec<String>,
+    #[serde(default)]
+    include: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct DeregisterContainerInstance {
+    cluster: Option<String>,
+    container_instance: String,
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct UpdateContainerInstancesState {
+    cluster: Option<String>,
+    container_instances: Vec<String>,
+    status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct PutAttributes {
+    cluster: Option<String>,
+    attributes: Vec<Attribute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ListAttributes {
+    cluster: Option<String>,
+    target_type: String,
+    attribute_name: Option<String>,
+    attribute_value: Option<String>,
+    next_token: Option<String>,
+    max_results: Option<i64>,
+}
+
+/// The instance id from an id or ARN (`...:container-instance/<cluster>/<id>`).
+fn instance_id(s: &str) -> String {
+    s.rsplit('/').next().unwrap_or(s).to_owned()
+}
+
+impl Api {
+    fn instance_arn(&self, cluster: &str, id: &str) -> String {
+        self.arn(&format!("container-instance/{cluster}/{id}"))
+    }
+
+    /// The cluster a request names (`default` when none), which must exist.
+    pub(super) async fn active_cluster(&self, c: Option<&str>) -> Result<String, ApiError> {
+        let name = cluster_name(c.unwrap_or("default"))?;
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM clusters WHERE name = ? AND status = 'ACTIVE'")
+                .bind(&name)
+                .fetch_optional(self.pool())
+                .await?;
+        found.map(|(n,)| n).ok_or(ApiError::ClusterNotFound)
+    }
+
+    /// Records a node of `cluster`; returns its id.
+    pub async fn register_instance(
+        &self,
+        cluster: &str,
+        node: &NodeInfo,
+    ) -> Result<String, ApiError> {
+        let cluster = self.active_cluster(Some(cluster)).await?;
+        let id = super::random_id();
+        let ports: Vec<String> = node.reserved_ports.iter().map(u16::to_string).collect();
+        let resources = json!([
+            {"name": "CPU", "type": "INTEGER", "integerValue": node.cpu},
+            {"name": "MEMORY", "type": "INTEGER", "integerValue": node.memory},
+            {"name": "PORTS", "type": "STRINGSET", "stringSetValue": ports},
+            {"name": "PORTS_UDP", "type": "STRINGSET", "stringSetValue": []},
+        ]);
+        let version =
+            json!({"agentVersion": node.agent_version, "agentHash": "", "dockerVersion": "skiff"});
+        let mut attributes = node.attributes.clone();
+        attributes.push(Attribute {
+            name: "ecs.instance-hostname".into(),
+            value: Some(node.hostname.clone()),
+            target_type: None,
+            target_id: None,
+        });
+        sqlx::query(
+            "INSERT INTO container_instances (id, cluster, status, agent_connected, registered_at, resources, attributes, version_info)
+             VALUES (?, ?, 'ACTIVE', 0, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&cluster)
+        .bind(now())
+        .bind(resources.to_string())
+        .bind(serde_json::to_string(&attributes).expect("attributes serialize"))
+        .bind(version.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    fn instance(&self, r: &Row) -> Value {
+        let (id, cluster, status, connected, registered_at, resources, attributes, version) = r;
+        let attrs: Vec<Attribute> = serde_json::from_str(attributes).unwrap_or_default();
+        let resources: Value = serde_json::from_str(resources).unwrap_or_default();
+        json!({
+            "containerInstanceArn": self.instance_arn(cluster, id),
+            "ec2InstanceId": format!("sk-{}", &id[..17.min(id.len())]),
+            "status": status,
+            "agentConnected": *connected != 0,
+            "registeredAt": registered_at,
+            "registeredResources": resources,
+            "remainingResources": resources,
+            "runningTasksCount": 0,
+            "pendingTasksCount": 0,
+            "attributes": attrs,
+            "versionInfo": serde_json::from_str::<Value>(version).unwrap_or_default(),
+            "tags": [],
+        })
+    }
+
+    async fn instance_rows(&self, cluster: &str) -> Result<Vec<Row>, ApiError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} WHERE cluster = ? ORDER BY registered_at, id"
+        )))
+        .bind(cluster)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub(super) async fn list_container_instances(
+        &self,
+        r: ListContainerInstances,
+    ) -> Result<Value, ApiError> {
+        let cluster = self.active_cluster(r.cluster.as_deref()).await?;
+        if r.filter.is_some() {
+            return Err(ApiError::InvalidParameter(
+                "filter (the cluster query language) is not supported yet".into(),
+            ));
+        }
+        let status = r.status.as_deref();
+        let arns: Vec<String> = self
+            .instance_rows(&cluster)
+            .await?
+            .iter()
+            .filter(|row| match status {
+                Some(s) => row.2 == s,
+                None => row.2 != "INACTIVE",
+            })
+            .map(|row| self.instance_arn(&cluster, &row.0))
+            .collect();
+        let (arns, next) = page(arns, r.next_token.as_deref(), r.max_results, 100)?;
+        let mut v = json!({ "containerInstanceArns": arns });
+        if let Some(n) = next {
+            v["nextToken"] = n.into();
+        }
+        Ok(v)
+    }
+
+    pub(super) async fn describe_container_instances(
+        &self,
+        r: DescribeContainerInstances,
+    ) -> Result<Value, ApiError> {
+        let cluster = self.active_cluster(r.cluster.as_deref()).await?;
+        if r.container_instances.is_empty() || r.container_instances.len() > 100 {
+            return Err(ApiError::InvalidParameter(
+                "containerInstances: 1 to 100 entries".into(),
+            ));
+        }
+        let _ = r.include;
+        let rows = self.instance_rows(&cluster).await?;
+        let (mut found, mut failures) = (Vec::new(), Vec::new());
+        for want in &r.container_instances {
+            let id = instance_id(want);
+            match rows.iter().find(|row| row.0 == id) {
+                Some(row) => found.push(self.instance(row)),
+                None => failures.push(Failure {
+                    arn: self.instance_arn(&cluster, &id),
+                    reason: "MISSING".into(),
+                }),
+            }
+        }
+        Ok(json!({ "containerInstances": found, "failures": failures }))
+    }
+
+    pub(super) async fn deregister_container_instance(
+        &self,
+        r: DeregisterContainerInstance,
+    ) -> Result<Value, ApiError> {
+        let cluster = self.active_cluster(r.cluster.as_deref()).await?;
+        let _ = r.force;
+        let id = instance_id(&r.container_instance);
+        let done = sqlx::query(
+            "UPDATE container_instances SET status = 'INACTIVE', agent_connected = 0 WHERE id = ? AND cluster = ? AND status != 'INACTIVE'",
+        )
+        .bind(&id)
+        .bind(&cluster)
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::InvalidParameter(format!(
+                "Container instance {id} not found in cluster {cluster}."
+            )));
+        }
+        let row = self
+            .instance_rows(&cluster)
+            .await?
+            .into_iter()
+            .find(|row| row.0 == id)
+            .ok_or(ApiError::ClusterNotFound)?;
+        Ok(json!({ "containerInstance": self.instance(&row) }))
+    }
+
+    pub(super) async fn update_container_instances_state(
+        &self,
+        r: UpdateContainerInstancesState,
+    ) -> Result<Value, ApiError> {
+        let cluster = self.active_cluster(r.cluster.as_deref()).await?;
+        if !["ACTIVE", "DRAINING"].contains(&r.status.as_str()) {
+            return Err(ApiError::InvalidParameter(format!(
+                "status {} is not valid: ACTIVE or DRAINING",
+                r.status
+            )));
+        }
+        let (mut found, mut failures) = (Vec::new(), Vec::new());
+        for want in &r.container_instances {
+            let id = instance_id(want);
+            let done = sqlx::query(
+                "UPDATE container_instances SET status = ? WHERE id = ? AND cluster = ? AND status != 'INACTIVE'",
+            )
+            .bind(&r.status)
+            .bind(&id)
+            .bind(&cluster)
+            .execute(self.pool())
+            .await?;
+            if done.rows_affected() == 0 {
+                failures.push(Failure {
+                    arn: self.instance_arn(&cluster, &id),
+                    reason: "MISSING".into(),
+                });
+            } else if let Some(row) = self
+                .instance_rows(&cluster)
+                .await?
+                .iter()
+                .find(|row| row.0 == id)
+            {
+                found.push(self.instance(row));
+            }
+        }
+        Ok(json!({ "containerInstances": found, "failures": failures }))
+    }
+
+    pub(super) async fn put_attributes(&self, r: PutAttributes) -> Result<Value, ApiError> {
+        self.change_attributes(r.cluster.as_deref(), &r.attributes, true)
+            .await
+    }
+
+    pub(super) async fn delete_attributes(&self, r: PutAttributes) -> Result<Value, ApiError> {
+        self.change_attributes(r.cluster.as_deref(), &r.attributes, false)
+            .await
+    }
+
+    /// Puts (or deletes) attributes on their target instances, all or none.
+    async fn change_attributes(
+        &self,
+        cluster: Option<&str>,
+        attributes: &[Attribute],
+        put: bool,
+    ) -> Result<Value, ApiError> {
+        let cluster = self.active_cluster(cluster).await?;
+        if attributes.is_empty() || attributes.len() > 10 {
+            return Err(ApiError::InvalidParameter(
+                "attributes: 1 to 10 entries".into(),
+            ));
+        }
+        let mut tx = self.pool().begin().await?;
+        for a in attributes {
+            if a.target_type
+                .as_deref()
+                .is_some_and(|t| t != "container-instance")
+            {
+                return Err(ApiError::InvalidParameter(
+                    "targetType must be container-instance".into(),
+                ));
+            }
+            if a.name.is_empty() || a.name.len() > 128 {
+                return Err(ApiError::InvalidParameter(
+                    "attribute names have 1 to 128 characters".into(),
+                ));
+            }
+            let id = a.target_id.as_deref().map(instance_id).ok_or_else(|| {
+                ApiError::InvalidParameter(format!("attribute {}: targetId is required", a.name))
+            })?;
+            let row: Option<(String,)> = sqlx::query_as(
+                "SELECT attributes FROM container_instances WHERE id = ? AND cluster = ? AND status != 'INACTIVE'",
+            )
+            .bind(&id)
+            .bind(&cluster)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((attrs,)) = row else {
+                return Err(ApiError::InvalidParameter(format!(
+                    "target {id} not found in cluster {cluster}"
+                )));
+            };
+            let mut attrs: Vec<Attribute> = serde_json::from_str(&attrs).unwrap_or_default();
+            attrs.retain(|x| x.name != a.name);
+            if put {
+                attrs.push(Attribute {
+                    name: a.name.clone(),
+                    value: a.value.clone(),
+                    target_type: None,
+                    target_id: None,
+                });
+            }
+            sqlx::query("UPDATE container_instances SET attributes = ? WHERE id = ?")
+                .bind(serde_json::to_string(&attrs).expect("attributes serialize"))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(json!({ "attributes": attributes }))
+    }
+
+    pub(super) async fn list_attributes(&self, r: ListAttributes) -> Result<Value, ApiError> {
+        let cluster = self.active_cluster(r.cluster.as_deref()).await?;
+        if r.target_type != "container-instance" {
+            return Err(ApiError::InvalidParameter(
+                "targetType must be container-instance".into(),
+            ));
+        }
+        let mut out = Vec::new();
+        for row in self.instance_rows(&cluster).await? {
+            let attrs: Vec<Attribute> = serde_json::from_str(&row.6).unwrap_or_default();
+            for a in attrs {
+                if r.attribute_name.as_ref().is_some_and(|n| *n != a.name)
+                    || r.attribute_value
+                        .as_ref()
+                        .is_some_and(|v| Some(v) != a.value.as_ref())
+                {
+                    continue;
+                }
+                out.push(Attribute {
+                    target_type: Some("container-instance".into()),
+                    target_id: Some(self.instance_arn(&cluster, &row.0)),
+                    ..a
+                });
+            }
+        }
+        let (attributes, next) = page(out, r.next_token.as_deref(), r.max_results, 100)?;
+        let mut v = json!({ "attributes": attributes });
+        if let Some(n) = next {
+            v["nextToken"] = n.into();
+        }
+        Ok(v)
+    }
+}
