@@ -47,7 +47,8 @@ const SCHEMA: &[&str] = &[
         resources TEXT NOT NULL,
         attributes TEXT NOT NULL DEFAULT '[]',
         version_info TEXT NOT NULL DEFAULT '{}',
-        cert_serial TEXT
+        cert_serial TEXT,
+        tags TEXT NOT NULL DEFAULT '[]'
     )",
     "CREATE TABLE IF NOT EXISTS access_keys (
         id TEXT PRIMARY KEY,

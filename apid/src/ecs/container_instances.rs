@@ -45,8 +45,18 @@ pub struct NodeInfo {
     pub hostname: String,
 }
 
-type Row = (String, String, String, i64, f64, String, String, String);
-const COLUMNS: &str = "id, cluster, status, agent_connected, registered_at, resources, attributes, version_info FROM container_instances";
+type Row = (
+    String,
+    String,
+    String,
+    i64,
+    f64,
+    String,
+    String,
+    String,
+    String,
+);
+const COLUMNS: &str = "id, cluster, status, agent_connected, registered_at, resources, attributes, version_info, tags FROM container_instances";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -163,7 +173,8 @@ impl Api {
     }
 
     fn instance(&self, r: &Row) -> Value {
-        let (id, cluster, status, connected, registered_at, resources, attributes, version) = r;
+        let (id, cluster, status, connected, registered_at, resources, attributes, version, tags) =
+            r;
         let attrs: Vec<Attribute> = serde_json::from_str(attributes).unwrap_or_default();
         let resources: Value = serde_json::from_str(resources).unwrap_or_default();
         json!({
@@ -178,7 +189,7 @@ impl Api {
             "pendingTasksCount": 0,
             "attributes": attrs,
             "versionInfo": serde_json::from_str::<Value>(version).unwrap_or_default(),
-            "tags": [],
+            "tags": serde_json::from_str::<Value>(tags).unwrap_or_default(),
         })
     }
 

@@ -13,6 +13,7 @@ use crate::error::ApiError;
 
 mod clusters;
 mod container_instances;
+mod tags;
 mod task_definitions;
 
 pub use container_instances::{Attribute, NodeInfo};
@@ -152,6 +153,9 @@ impl Api {
             "PutAttributes" => self.put_attributes(request(body)?).await,
             "DeleteAttributes" => self.delete_attributes(request(body)?).await,
             "ListAttributes" => self.list_attributes(request(body)?).await,
+            "TagResource" => self.tag_resource(request(body)?).await,
+            "UntagResource" => self.untag_resource(request(body)?).await,
+            "ListTagsForResource" => self.list_tags_for_resource(request(body)?).await,
             other => Err(ApiError::UnknownOperation(format!(
                 "apid does not implement the ECS action {other}"
             ))),

@@ -399,3 +399,82 @@ async fn container_instances_drain_attributes_and_deregister() {
         .unwrap();
     assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn tags_on_clusters_task_definitions_and_instances() {
+    let (_t, api) = api().await;
+    let c = call(&api, "CreateCluster", json!({"clusterName": "edge"}))
+        .await
+        .unwrap();
+    let arn = c["cluster"]["clusterArn"].as_str().unwrap().to_owned();
+    call(&api, "TagResource", json!({"resourceArn": arn, "tags": [{"key": "site", "value": "a"}, {"key": "env", "value": "lab"}]}))
+        .await
+        .unwrap();
+    call(
+        &api,
+        "TagResource",
+        json!({"resourceArn": arn, "tags": [{"key": "site", "value": "b"}]}),
+    )
+    .await
+    .unwrap();
+    call(
+        &api,
+        "UntagResource",
+        json!({"resourceArn": arn, "tagKeys": ["env"]}),
+    )
+    .await
+    .unwrap();
+    let l = call(&api, "ListTagsForResource", json!({"resourceArn": arn}))
+        .await
+        .unwrap();
+    assert_eq!(l["tags"], json!([{"key": "site", "value": "b"}]));
+    let e = call(
+        &api,
+        "TagResource",
+        json!({"resourceArn": arn, "tags": [{"key": "aws:x", "value": "1"}]}),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ApiError::InvalidParameter(_)), "{e:?}");
+    let td = call(&api, "RegisterTaskDefinition", web("web"))
+        .await
+        .unwrap();
+    let td_arn = td["taskDefinition"]["taskDefinitionArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let l = call(&api, "ListTagsForResource", json!({"resourceArn": td_arn}))
+        .await
+        .unwrap();
+    assert_eq!(l["tags"][0]["key"], "team");
+    let id = api
+        .register_instance("edge", &node("x86_64"))
+        .await
+        .unwrap();
+    let inst = format!("arn:aws:ecs:us-east-1:000000000000:container-instance/edge/{id}");
+    call(
+        &api,
+        "TagResource",
+        json!({"resourceArn": inst, "tags": [{"key": "rack", "value": "3"}]}),
+    )
+    .await
+    .unwrap();
+    let d = call(
+        &api,
+        "DescribeContainerInstances",
+        json!({"cluster": "edge", "containerInstances": [id]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d["containerInstances"][0]["tags"][0]["key"], "rack");
+    for bad in [
+        "arn:aws:ecs:us-east-1:000000000000:cluster/nope",
+        "arn:aws:s3:::bucket",
+        "x",
+    ] {
+        let e = call(&api, "ListTagsForResource", json!({"resourceArn": bad}))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::InvalidParameter(_)), "{bad}: {e:?}");
+    }
+}
