@@ -159,6 +159,11 @@ fn the_aws_cli_manages_clusters_and_task_definitions() {
     // The CLI follows nextToken itself: pages of 2 give every cluster.
     let l = a.aws(&["list-clusters", "--page-size", "2"]);
     assert_eq!(l["clusterArns"].as_array().unwrap().len(), 4, "{l}");
+    let arn = "arn:aws:ecs:us-east-1:000000000000:cluster/edge";
+    a.aws(&["tag-resource", "--resource-arn", arn, "--tags", "key=tier,value=edge"]);
+    a.aws(&["untag-resource", "--resource-arn", arn, "--tag-keys", "site"]);
+    let t = a.aws(&["list-tags-for-resource", "--resource-arn", arn]);
+    assert_eq!(t["tags"], serde_json::json!([{"key": "tier", "value": "edge"}]));
     let d = a.aws(&["describe-clusters", "--clusters", "edge", "nope"]);
     assert_eq!(d["clusters"][0]["clusterName"], "edge");
     assert_eq!(d["failures"][0]["reason"], "MISSING");
