@@ -44,6 +44,11 @@ pub struct ApidConfig {
     pub region: String,
     /// The 12-digit account id in ARNs.
     pub account_id: String,
+    /// The node channel (TLS; mTLS except `POST /register`), which nodes dial.
+    pub node_listen: SocketAddr,
+    /// The DNS names and IP addresses the node channel's server certificate carries: the
+    /// names nodes dial apid by.
+    pub node_channel_names: Vec<String>,
 }
 
 impl Default for ApidConfig {
@@ -53,6 +58,8 @@ impl Default for ApidConfig {
             database: PathBuf::from("/var/lib/skiff-apid/apid.db"),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
+            node_listen: "127.0.0.1:8461".parse().expect("a valid default address"),
+            node_channel_names: vec!["localhost".into(), "127.0.0.1".into()],
         }
     }
 }
@@ -92,6 +99,11 @@ impl ApidConfig {
                 cfg.region
             )));
         }
+        if cfg.node_channel_names.is_empty() {
+            return Err(invalid(
+                "node_channel_names: at least one name nodes dial apid by".into(),
+            ));
+        }
         Ok(cfg)
     }
 }
@@ -110,6 +122,7 @@ mod tests {
             ("regoin = \"x\"\n", "regoin"),
             ("account_id = \"12\"\n", "account_id"),
             ("region = \"US East\"\n", "region"),
+            ("node_channel_names = []\n", "node_channel_names"),
         ] {
             std::fs::write(&p, text).unwrap();
             let e = ApidConfig::load(&p).unwrap_err().to_string();

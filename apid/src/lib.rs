@@ -3,14 +3,16 @@
 //! against it with `--endpoint-url`. State lives in an embedded SQLite database.
 //!
 //! Layers: [`protocol`] (HTTP: authentication, the target header, error bodies) over [`ecs`]
-//! (the actions, typed requests and responses) over the store ([`store`], [`keys`]). The binary
-//! (`apid serve`, `apid keys ...`) is a thin adapter.
+//! (the actions, typed requests and responses) over the store ([`store`], [`keys`]). Nodes join
+//! through [`identity`]: activations, registration with a CSR, and the mTLS node channel. The
+//! binary (`apid serve`, `apid keys ...`, `apid activations ...`) is a thin adapter.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod ecs;
 pub mod error;
+pub mod identity;
 pub mod keys;
 pub mod protocol;
 pub mod sigv4;

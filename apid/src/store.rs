@@ -56,6 +56,20 @@ const SCHEMA: &[&str] = &[
         created_at REAL NOT NULL,
         revoked_at REAL
     )",
+    // identity/: the cluster CA (one row) and ECS Anywhere-style activations (codes hashed).
+    "CREATE TABLE IF NOT EXISTS ca (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        cert_pem TEXT NOT NULL,
+        key_pem TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS activations (
+        id TEXT PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        code_hash TEXT NOT NULL,
+        remaining INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        created_at REAL NOT NULL
+    )",
 ];
 
 /// Opens (creating) the database at `path` and its tables.

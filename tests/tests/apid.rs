@@ -29,7 +29,8 @@ impl Apid {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndatabase = {:?}\n",
+                "listen = \"127.0.0.1:{port}\"\nnode_listen = \"127.0.0.1:{}\"\ndatabase = {:?}\n",
+                free_port(),
                 dir.path().join("apid.db")
             ),
         )

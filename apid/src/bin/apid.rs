@@ -1,5 +1,7 @@
-//! apid: `apid serve` runs the control plane's ECS API; `apid keys create|revoke|list` manages
-//! the access keys operators sign requests with. A thin adapter over the skiff_apid library.
+//! apid: `apid serve` runs the control plane's ECS API and the node channel; `apid keys
+//! create|revoke|list` manages the access keys operators sign requests with; `apid activations
+//! create|list|delete` the activations nodes register with; `apid ca-cert` prints the cluster CA
+//! that nodes' installs trust. A thin adapter over the skiff_apid library.
 
 use std::path::PathBuf;
 
@@ -7,6 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use skiff_apid::config::{ApidConfig, DEFAULT_CONFIG_PATH};
 use skiff_apid::ecs::Api;
+use skiff_apid::identity::activations;
+use skiff_apid::identity::ca::Ca;
+use skiff_apid::identity::channel::NodeChannel;
 use skiff_apid::{keys, protocol, store};
 
 #[derive(Parser)]
@@ -24,12 +29,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serves the ECS API.
+    /// Serves the ECS API and the node channel.
     Serve,
     /// Access keys for SigV4.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Activations nodes register with (as ECS Anywhere's SSM activations).
+    Activations {
+        #[command(subcommand)]
+        command: ActivationsCommand,
+    },
+    /// Prints the cluster CA certificate (PEM), made now if there is none: give it to nodes'
+    /// installs so that they can verify apid at first contact.
+    CaCert,
+}
+
+#[derive(Subcommand)]
+enum ActivationsCommand {
+    /// Creates an activation and prints its id and code (JSON); the code is shown only now.
+    Create {
+        /// The cluster its nodes join.
+        #[arg(long)]
+        cluster: String,
+        /// How many nodes may register with it.
+        #[arg(long, default_value_t = 1)]
+        count: i64,
+        /// How long it is valid (`24h`, `30m`, `7days`).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+    },
+    /// Lists activations (without codes), JSON.
+    List,
+    /// Deletes an activation.
+    Delete {
+        /// The activation id.
+        id: String,
     },
 }
 
@@ -73,13 +109,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listening on {}", cfg.listen))?;
             tracing::info!(address = %cfg.listen, region = %cfg.region, "apid serving the ECS API");
-            let app = protocol::router(Api::new(pool, cfg));
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
+            let node_listener = tokio::net::TcpListener::bind(cfg.node_listen)
                 .await
-                .context("serving")?;
+                .with_context(|| format!("listening on {}", cfg.node_listen))?;
+            let api = Api::new(pool, cfg.clone());
+            let channel = NodeChannel::new(api.clone())
+                .await
+                .context("preparing the node channel")?;
+            tracing::info!(address = %cfg.node_listen, "apid serving the node channel");
+            let app = protocol::router(api);
+            let ecs = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            // The ECS API ends on ctrl-c; the node channel never ends by itself.
+            tokio::select! {
+                served = ecs => served.context("serving the ECS API")?,
+                never = std::sync::Arc::new(channel).serve(node_listener) => match never {},
+            }
+        }
+        Command::Activations { command } => match command {
+            ActivationsCommand::Create {
+                cluster,
+                count,
+                expires,
+            } => {
+                let a = activations::create(&pool, &cluster, count, expires)
+                    .await
+                    .context("creating an activation")?;
+                println!("{}", serde_json::to_string(&a)?);
+            }
+            ActivationsCommand::List => {
+                let l = activations::list(&pool).await.context("listing")?;
+                println!("{}", serde_json::json!({ "Activations": l }));
+            }
+            ActivationsCommand::Delete { id } => {
+                anyhow::ensure!(
+                    activations::delete(&pool, &id).await.context("deleting")?,
+                    "no activation {id}"
+                );
+            }
+        },
+        Command::CaCert => {
+            let ca = Ca::load_or_create(&pool).await.context("the cluster CA")?;
+            print!("{}", ca.cert_pem());
         }
         Command::Keys { command } => match command {
             KeysCommand::Create => {

@@ -1,0 +1,178 @@
+//! Registration: a node presents an activation (id and code), a PKCS#10 CSR for a key it made
+//! and keeps, and what it offers (resources, attributes, agent version). apid checks the CSR's
+//! signature first, then takes one use of the activation, records the container instance, and
+//! returns a client certificate for it signed by the cluster CA, with the CA certificate.
+//!
+//! Nothing is recorded for a refused registration: a bad CSR or a wrong, expired or used-up code
+//! is refused before any write, and if recording the instance or signing fails after the use was
+//! taken, the use is given back and the instance removed. (Recording goes through
+//! [`Api::register_instance`], outside the activation's statement: SQLite allows one writer, so
+//! the two cannot share a transaction without the instance insert waiting on itself.)
+
+use serde::{Deserialize, Serialize};
+
+use super::activations::{self, ActivationError};
+use super::ca::{Ca, CaError};
+use crate::ecs::{Api, Attribute, NodeInfo};
+use crate::error::ApiError;
+
+/// How long a node certificate is valid; rotation comes before this (a later issue).
+pub const NODE_CERT_DAYS: i64 = 30;
+
+/// Errors of registration.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The activation refused it (wrong code, expired, used up).
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+    /// The CSR is not one, or its signature does not verify.
+    #[error(transparent)]
+    Csr(CaError),
+    /// A field of the request is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The activation's cluster no longer exists.
+    #[error("cluster {cluster} no longer exists")]
+    ClusterGone {
+        /// The cluster.
+        cluster: String,
+    },
+    /// apid failed; the detail is logged, not returned.
+    #[error("registering in cluster {cluster}: {detail}")]
+    Internal {
+        /// The cluster.
+        cluster: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// What a node sends to `POST /register`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The activation's id.
+    pub activation_id: String,
+    /// The activation's code.
+    pub activation_code: String,
+    /// The node's certificate request, PEM.
+    pub csr: String,
+    /// CPU units offered (1024 per core).
+    pub cpu: i64,
+    /// Memory offered, MiB.
+    pub memory: i64,
+    /// Host ports the node itself uses.
+    #[serde(default)]
+    pub reserved_ports: Vec<u16>,
+    /// Attributes (`ecs.cpu-architecture`, `ecs.os-type`, custom).
+    #[serde(default)]
+    pub attributes: Vec<Attribute>,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The node's hostname.
+    pub hostname: String,
+}
+
+/// What registration returns.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registered {
+    /// The container instance's ARN.
+    pub container_instance_arn: String,
+    /// Its id (the certificate's CN).
+    pub container_instance_id: String,
+    /// The node's certificate, PEM.
+    pub certificate_pem: String,
+    /// The cluster CA, PEM: what the node pins from now on.
+    pub ca_pem: String,
+}
+
+fn validate(r: &RegisterRequest) -> Result<(), RegisterError> {
+    if r.cpu <= 0 || r.memory <= 0 {
+        return Err(RegisterError::Invalid(
+            "cpu and memory must be positive".into(),
+        ));
+    }
+    if let Some(a) = r
+        .attributes
+        .iter()
+        .find(|a| a.name.is_empty() || a.name.len() > 128)
+    {
+        return Err(RegisterError::Invalid(format!(
+            "attribute name {:?}: 1 to 128 characters",
+            a.name
+        )));
+    }
+    if r.hostname.is_empty() || r.agent_version.is_empty() {
+        return Err(RegisterError::Invalid(
+            "hostname and agentVersion are required".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Registers a node (see the module's documentation).
+pub async fn register(api: &Api, ca: &Ca, r: RegisterRequest) -> Result<Registered, RegisterError> {
+    validate(&r)?;
+    let csr = Ca::parse_csr(&r.csr).map_err(RegisterError::Csr)?;
+    let pool = api.pool();
+    let cluster = activations::consume(pool, &r.activation_id, &r.activation_code).await?;
+    let node = NodeInfo {
+        cpu: r.cpu,
+        memory: r.memory,
+        reserved_ports: r.reserved_ports,
+        attributes: r.attributes,
+        agent_version: r.agent_version,
+        hostname: r.hostname,
+    };
+    let internal = |detail: String| RegisterError::Internal {
+        cluster: cluster.clone(),
+        detail,
+    };
+    let id = match api.register_instance(&cluster, &node).await {
+        Ok(id) => id,
+        Err(e) => {
+            activations::give_back(pool, &r.activation_id).await?;
+            return Err(match e {
+                ApiError::ClusterNotFound => RegisterError::ClusterGone {
+                    cluster: cluster.clone(),
+                },
+                other => internal(format!("recording the instance: {other:?}")),
+            });
+        }
+    };
+    let issued: Result<_, String> = async {
+        let cert = ca
+            .sign_node(csr, &id, time::Duration::days(NODE_CERT_DAYS))
+            .map_err(|e| format!("signing: {e}"))?;
+        sqlx::query("UPDATE container_instances SET cert_serial = ? WHERE id = ?")
+            .bind(&cert.serial)
+            .bind(&id)
+            .execute(pool)
+            .await
+            .map_err(|e| format!("recording the serial: {e}"))?;
+        Ok(cert)
+    }
+    .await;
+    let cert = match issued {
+        Ok(cert) => cert,
+        Err(detail) => {
+            let undo = sqlx::query("DELETE FROM container_instances WHERE id = ?")
+                .bind(&id)
+                .execute(pool)
+                .await;
+            activations::give_back(pool, &r.activation_id).await?;
+            return Err(internal(format!("{detail} (undoing: {undo:?})")));
+        }
+    };
+    let cfg = api.config();
+    Ok(Registered {
+        container_instance_arn: format!(
+            "arn:aws:ecs:{}:{}:container-instance/{cluster}/{id}",
+            cfg.region, cfg.account_id
+        ),
+        container_instance_id: id,
+        certificate_pem: cert.pem,
+        ca_pem: ca.cert_pem().to_owned(),
+    })
+}
