@@ -13,7 +13,9 @@ use crate::error::ApiError;
 
 mod clusters;
 mod container_instances;
+mod placement;
 mod task_definitions;
+mod tasks;
 
 pub use container_instances::{Attribute, NodeInfo};
 
@@ -152,6 +154,11 @@ impl Api {
             "PutAttributes" => self.put_attributes(request(body)?).await,
             "DeleteAttributes" => self.delete_attributes(request(body)?).await,
             "ListAttributes" => self.list_attributes(request(body)?).await,
+            "RunTask" => self.run_task(request(body)?).await,
+            "StartTask" => self.start_task(request(body)?).await,
+            "StopTask" => self.stop_task(request(body)?).await,
+            "DescribeTasks" => self.describe_tasks(request(body)?).await,
+            "ListTasks" => self.list_tasks(request(body)?).await,
             other => Err(ApiError::UnknownOperation(format!(
                 "apid does not implement the ECS action {other}"
             ))),
