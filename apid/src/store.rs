@@ -80,6 +80,7 @@ const SCHEMA: &[&str] = &[
         tags TEXT NOT NULL DEFAULT '[]'
     )",
     "CREATE INDEX IF NOT EXISTS tasks_by_cluster ON tasks (cluster, last_status)",
+    "CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (container_instance, last_status)",
 ];
 
 /// Opens (creating) the database at `path` and its tables.

@@ -224,19 +224,25 @@ fn misfit(c: &Candidate, n: &Needs, constraints: &[Constraint]) -> Option<Reason
     None
 }
 
-/// How many tasks of `group` share `c`'s spread bucket (the instance, or its attribute value).
-fn spread_count(all: &[Candidate], c: &Candidate, attr: Option<&str>, group: &str) -> usize {
-    let in_group = |x: &Candidate| x.groups.iter().filter(|g| *g == group).count();
-    match attr {
-        None => in_group(c),
-        Some(a) => {
-            let value = c.attributes.get(a);
-            all.iter()
-                .filter(|x| x.attributes.get(a) == value)
-                .map(in_group)
-                .sum()
+/// How many tasks of `group` `c` hosts.
+fn in_group(c: &Candidate, group: &str) -> i64 {
+    c.groups.iter().filter(|g| *g == group).count() as i64
+}
+
+/// For `spread` by an attribute: how many tasks of `group` the instances with each value of
+/// it host (instances without it share one bucket). Empty for other strategies.
+fn spread_counts<'a>(
+    all: &'a [Candidate],
+    s: &Strategy,
+    group: &str,
+) -> BTreeMap<Option<&'a Option<String>>, i64> {
+    let mut out = BTreeMap::new();
+    if let Strategy::Spread(Some(a)) = s {
+        for c in all {
+            *out.entry(c.attributes.get(a)).or_default() += in_group(c, group);
         }
     }
+    out
 }
 
 /// A small deterministic generator (xorshift64*) for `random`, seeded by the caller.
@@ -279,30 +285,25 @@ pub fn place(
             }
             continue;
         }
-        // Random order first, so that whatever the strategies leave tied is chosen at random.
-        let keys: BTreeMap<usize, u64> = fit.iter().map(|&i| (i, next_random(&mut rng))).collect();
-        let snapshot: &[Candidate] = candidates;
-        fit.sort_by(|&a, &b| {
-            let (x, y) = (&snapshot[a], &snapshot[b]);
-            strategies
-                .iter()
-                .map(|s| match s {
-                    Strategy::Binpack(Resource::Cpu) => x.cpu.cmp(&y.cpu),
-                    Strategy::Binpack(Resource::Memory) => x.memory.cmp(&y.memory),
-                    Strategy::Spread(attr) => {
-                        spread_count(snapshot, x, attr.as_deref(), &needs.group).cmp(&spread_count(
-                            snapshot,
-                            y,
-                            attr.as_deref(),
-                            &needs.group,
-                        ))
-                    }
-                    Strategy::Random => keys[&a].cmp(&keys[&b]),
-                })
-                .find(|o| *o != Ordering::Equal)
-                .unwrap_or(Ordering::Equal)
-        });
-        let chosen = fit[0];
+        // One key per strategy for each instance that fits, computed once per task (linear
+        // in the instances); the least key wins, the strategies in order as tie-breakers.
+        let mut keyed: Vec<(Vec<i64>, usize)> = fit.iter().map(|&i| (Vec::new(), i)).collect();
+        for s in strategies {
+            let spread = spread_counts(candidates, s, &needs.group);
+            for (key, i) in &mut keyed {
+                let c = &candidates[*i];
+                key.push(match s {
+                    Strategy::Binpack(Resource::Cpu) => c.cpu,
+                    Strategy::Binpack(Resource::Memory) => c.memory,
+                    Strategy::Spread(None) => in_group(c, &needs.group),
+                    Strategy::Spread(Some(a)) => spread[&c.attributes.get(a)],
+                    Strategy::Random => (next_random(&mut rng) >> 1) as i64,
+                });
+            }
+        }
+        let Some(&(_, chosen)) = keyed.iter().min() else {
+            continue;
+        };
         let c = &mut candidates[chosen];
         c.cpu -= needs.cpu;
         c.memory -= needs.memory;
@@ -337,7 +338,7 @@ pub enum Subject {
     AgentConnected,
     /// `agentVersion`.
     AgentVersion,
-    /// `runningTasksCount`.
+    /// `runningTasksCount` (here: the tasks it holds that are not yet STOPPED).
     RunningTasksCount,
     /// `task:group` (the groups of the tasks the instance hosts).
     TaskGroup,
