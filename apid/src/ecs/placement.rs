@@ -192,7 +192,7 @@ impl Reason {
 pub struct Placement {
     /// The chosen instance (index into the candidates) of each placed task, in order.
     pub placed: Vec<usize>,
-    /// For the tasks that could not be placed: each instance's id and why, without repeats.
+    /// For the tasks that could not be placed: each instance's id and why.
     pub failures: Vec<(String, Reason)>,
 }
 
@@ -208,7 +208,10 @@ fn misfit(c: &Candidate, n: &Needs, constraints: &[Constraint]) -> Option<Reason
         }
     }
     if let Some(arch) = &n.arch
-        && c.attributes.get("ecs.cpu-architecture") != Some(&Some(arch.clone()))
+        && c.attributes
+            .get("ecs.cpu-architecture")
+            .and_then(Option::as_deref)
+            != Some(arch.as_str())
     {
         return Some(Reason::Attribute);
     }
@@ -278,12 +281,9 @@ pub fn place(
             }
         }
         if fit.is_empty() {
-            for m in misfits {
-                if !out.failures.contains(&m) {
-                    out.failures.push(m);
-                }
-            }
-            continue;
+            // Nothing changes from here on: the rest of the tasks fail for the same reasons.
+            out.failures = misfits;
+            break;
         }
         // One key per strategy for each instance that fits, computed once per task (linear
         // in the instances); the least key wins, the strategies in order as tie-breakers.
@@ -386,14 +386,15 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, (usize, String)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
+        let ch = s[i..].chars().next().unwrap_or(' ');
+        if ch.is_whitespace() {
+            i += ch.len_utf8();
+            continue;
+        }
         let c = b[i];
         let start = i;
         let two = s.get(i..i + 2).unwrap_or("");
         let tok = match c {
-            _ if c.is_ascii_whitespace() => {
-                i += 1;
-                continue;
-            }
             b'(' => Tok::Open,
             b')' => Tok::Close,
             b'[' => Tok::LBracket,

@@ -363,6 +363,20 @@ fn query_language_syntax_errors_name_the_position() {
             other => panic!("{text:?}: {other:?}"),
         }
     }
+    // Any Unicode space separates; nothing loops or panics on odd input.
+    assert!(Expr::parse("attribute:a\u{a0}exists").is_ok());
+    for odd in [
+        "é",
+        "attribute:é == ü",
+        "((((",
+        "!!!",
+        "[]",
+        "'",
+        "attribute:a in [",
+        "&|",
+    ] {
+        let _ = Expr::parse(odd);
+    }
     let e = Expr::parse("attribute:site in [a b]").unwrap_err();
     assert!(e.to_string().contains("at position 21"), "{e}");
 }
