@@ -8,7 +8,7 @@
 //! STOPPED, with the reason and `stopCode` UserInitiated, for the node to act on; a task keeps its
 //! reservation until its last status is STOPPED.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use skiff_runtime::taskdef::{CpuArchitecture, NetworkMode, TaskDefinition};
 use sqlx::Row;
@@ -47,14 +47,14 @@ pub(super) struct ConstraintIn {
 }
 
 /// ECS `TaskOverride`, limited to what the node applies: containers' command and environment.
-#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct Overrides {
     #[serde(default)]
     container_overrides: Vec<ContainerOverride>,
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ContainerOverride {
     name: String,
@@ -173,7 +173,7 @@ struct TaskRow {
     tags: String,
 }
 
-const TASK_COLUMNS: &str = "id, cluster, container_instance, family, revision, desired_status, last_status, cpu, memory, started_by, task_group, created_at, stopping_at, stopped_reason, stop_code, version, containers, overrides, tags FROM tasks";
+const TASK_COLUMNS: &str = "id, cluster, container_instance, family, revision, desired_status, last_status, cpu, memory, started_by, task_group, created_at, stopping_at, stopped_reason, stop_code, version, containers, overrides, tags";
 
 impl TaskRow {
     fn from_row(r: &SqliteRow) -> Result<Self, sqlx::Error> {
@@ -388,7 +388,7 @@ impl Api {
                    cpu, memory, host_ports, started_by, task_group, created_at, containers, overrides, tags)
                  VALUES (?, ?, ?, ?, ?, 'RUNNING', 'PROVISIONING', ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  RETURNING {TASK_COLUMNS}",
-            ).replace(" FROM tasks", "")))
+            )))
             .bind(&id)
             .bind(&l.cluster)
             .bind(&all[i].id)
@@ -460,7 +460,7 @@ impl Api {
 
     async fn find_task(&self, cluster: &str, id: &str) -> Result<Option<TaskRow>, ApiError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TASK_COLUMNS} WHERE cluster = ? AND id = ?"
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE cluster = ? AND id = ?"
         )))
         .bind(cluster)
         .bind(id)
