@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::clusters::cluster_name;
-use super::placement::Candidate;
+use super::placement::{Candidate, Expr};
 use super::tasks::PENDING;
 use super::{Api, Failure, now, page};
 use crate::error::ApiError;
@@ -288,11 +288,8 @@ impl Api {
         r: ListContainerInstances,
     ) -> Result<Value, ApiError> {
         let cluster = self.active_cluster(r.cluster.as_deref()).await?;
-        if r.filter.is_some() {
-            return Err(ApiError::InvalidParameter(
-                "filter (the cluster query language) is not supported yet".into(),
-            ));
-        }
+        // The same cluster query language as memberOf placement constraints.
+        let filter = r.filter.as_deref().map(Expr::parse).transpose()?;
         let status = r.status.as_deref();
         let arns: Vec<String> = self
             .instance_rows(&cluster)
@@ -302,6 +299,7 @@ impl Api {
                 Some(s) => row.2 == s,
                 None => row.2 != "INACTIVE",
             })
+            .filter(|row| filter.as_ref().is_none_or(|e| e.eval(&candidate(row))))
             .map(|row| self.instance_arn(&cluster, &row.0))
             .collect();
         let (arns, next) = page(arns, r.next_token.as_deref(), r.max_results, 100)?;

@@ -22,8 +22,9 @@ use regex::Regex;
 /// Errors of placement's inputs: strategies, constraints and expressions ECS would refuse.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
-    /// A `memberOf` expression does not parse.
-    #[error("memberOf expression {expression:?}: at position {position}: {message}")]
+    /// A cluster query language expression (`memberOf`, ListContainerInstances' `filter`)
+    /// does not parse.
+    #[error("expression {expression:?}: at position {position}: {message}")]
     Syntax {
         /// The expression.
         expression: String,

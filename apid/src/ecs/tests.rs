@@ -352,6 +352,26 @@ async fn container_instances_drain_attributes_and_deregister() {
     .await
     .unwrap();
     assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 1);
+    // Filtered by the cluster query language.
+    let l = call(
+        &api,
+        "ListContainerInstances",
+        json!({"cluster": "edge", "filter": "attribute:ecs.cpu-architecture == arm64"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 1);
+    let e = call(
+        &api,
+        "ListContainerInstances",
+        json!({"cluster": "edge", "filter": "attribute:x =="}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::InvalidParameter(m) if m.contains("position 14")),
+        "{e:?}"
+    );
     // Custom attributes.
     call(&api, "PutAttributes", json!({"cluster": "edge", "attributes": [{"name": "site", "value": "lab", "targetId": a.clone()}]}))
         .await
