@@ -70,6 +70,32 @@ const SCHEMA: &[&str] = &[
         expires_at REAL NOT NULL,
         created_at REAL NOT NULL
     )",
+    // Tasks: placed on an instance at RunTask/StartTask, reserving cpu, memory and host ports
+    // until their last status is STOPPED.
+    "CREATE TABLE IF NOT EXISTS tasks (
+        id TEXT PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        container_instance TEXT NOT NULL,
+        family TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        desired_status TEXT NOT NULL,
+        last_status TEXT NOT NULL,
+        cpu INTEGER NOT NULL,
+        memory INTEGER NOT NULL,
+        host_ports TEXT NOT NULL DEFAULT '[]',
+        started_by TEXT,
+        task_group TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        stopping_at REAL,
+        stopped_reason TEXT,
+        stop_code TEXT,
+        version INTEGER NOT NULL DEFAULT 1,
+        containers TEXT NOT NULL DEFAULT '[]',
+        overrides TEXT NOT NULL DEFAULT '{}',
+        tags TEXT NOT NULL DEFAULT '[]'
+    )",
+    "CREATE INDEX IF NOT EXISTS tasks_by_cluster ON tasks (cluster, last_status)",
+    "CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (container_instance, last_status)",
 ];
 
 /// Opens (creating) the database at `path` and its tables.

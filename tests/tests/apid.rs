@@ -161,10 +161,25 @@ fn the_aws_cli_manages_clusters_and_task_definitions() {
     let l = a.aws(&["list-clusters", "--page-size", "2"]);
     assert_eq!(l["clusterArns"].as_array().unwrap().len(), 4, "{l}");
     let arn = "arn:aws:ecs:us-east-1:000000000000:cluster/edge";
-    a.aws(&["tag-resource", "--resource-arn", arn, "--tags", "key=tier,value=edge"]);
-    a.aws(&["untag-resource", "--resource-arn", arn, "--tag-keys", "site"]);
+    a.aws(&[
+        "tag-resource",
+        "--resource-arn",
+        arn,
+        "--tags",
+        "key=tier,value=edge",
+    ]);
+    a.aws(&[
+        "untag-resource",
+        "--resource-arn",
+        arn,
+        "--tag-keys",
+        "site",
+    ]);
     let t = a.aws(&["list-tags-for-resource", "--resource-arn", arn]);
-    assert_eq!(t["tags"], serde_json::json!([{"key": "tier", "value": "edge"}]));
+    assert_eq!(
+        t["tags"],
+        serde_json::json!([{"key": "tier", "value": "edge"}])
+    );
     let d = a.aws(&["describe-clusters", "--clusters", "edge", "nope"]);
     assert_eq!(d["clusters"][0]["clusterName"], "edge");
     assert_eq!(d["failures"][0]["reason"], "MISSING");
@@ -268,4 +283,128 @@ fn requests_are_authenticated_with_sigv4() {
     assert!(e.contains("(UnrecognizedClientException)"), "{e}");
     // Every response names its request.
     assert!(a.log().is_empty() || !a.log().contains("panicked"));
+}
+
+#[test]
+fn the_aws_cli_runs_describes_and_stops_tasks() {
+    let a = Apid::start();
+    a.aws(&["create-cluster", "--cluster-name", "edge"]);
+    // No node registers itself yet: the hidden debug verb records instances.
+    let register = |attrs: &[&str]| {
+        let out = Command::new(workspace_bin("apid"))
+            .arg("--config")
+            .arg(&a.config)
+            .args(["debug", "register-instance", "--cluster", "edge"])
+            .args(["--cpu", "2048", "--memory", "1024"])
+            .args(attrs.iter().flat_map(|x| ["--attribute", x]))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    register(&["ecs.cpu-architecture=x86_64"]);
+    let lab = register(&["ecs.cpu-architecture=arm64", "site=lab"]);
+    let def = a.dir.path().join("web.json");
+    std::fs::write(
+        &def,
+        r#"{"family":"web","containerDefinitions":[{"name":"web","image":"busybox","memory":400}]}"#,
+    )
+    .unwrap();
+    a.aws(&[
+        "register-task-definition",
+        "--cli-input-json",
+        &format!("file://{}", def.display()),
+    ]);
+    // Two 400 MiB tasks fit the lab node's 1024; the third is a placement failure.
+    let r = a.aws(&[
+        "run-task",
+        "--cluster",
+        "edge",
+        "--task-definition",
+        "web",
+        "--count",
+        "3",
+        "--started-by",
+        "e2e",
+        "--placement-constraints",
+        r#"[{"type":"memberOf","expression":"attribute:site == lab"}]"#,
+        "--placement-strategy",
+        "type=binpack,field=memory",
+    ]);
+    let tasks = r["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2, "{r}");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["containerInstanceArn"].as_str().unwrap().ends_with(&lab)),
+        "{r}"
+    );
+    // Each instance says why it took no more: the lab one is full, the other not a member.
+    let mut why: Vec<(bool, &str)> = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let on_lab = f["arn"].as_str().unwrap().ends_with(&lab);
+            (on_lab, f["reason"].as_str().unwrap())
+        })
+        .collect();
+    why.sort();
+    assert_eq!(
+        why,
+        [
+            (false, "MemberOf placement constraint unsatisfied."),
+            (true, "RESOURCE:MEMORY")
+        ],
+        "{r}"
+    );
+    let arn = tasks[0]["taskArn"].as_str().unwrap();
+    let d = a.aws(&[
+        "describe-tasks",
+        "--cluster",
+        "edge",
+        "--tasks",
+        arn,
+        "nope",
+    ]);
+    assert_eq!(d["tasks"][0]["lastStatus"], "PROVISIONING");
+    assert_eq!(d["tasks"][0]["startedBy"], "e2e");
+    assert_eq!(d["failures"][0]["reason"], "MISSING");
+    let s = a.aws(&[
+        "stop-task",
+        "--cluster",
+        "edge",
+        "--task",
+        arn,
+        "--reason",
+        "done",
+    ]);
+    assert_eq!(s["task"]["desiredStatus"], "STOPPED");
+    assert_eq!(s["task"]["stopCode"], "UserInitiated");
+    let l = a.aws(&[
+        "list-tasks",
+        "--cluster",
+        "edge",
+        "--desired-status",
+        "STOPPED",
+    ]);
+    assert_eq!(l["taskArns"], serde_json::json!([arn]));
+    let l = a.aws(&["list-tasks", "--cluster", "edge", "--started-by", "e2e"]);
+    assert_eq!(l["taskArns"].as_array().unwrap().len(), 1, "{l}");
+    let e = a.aws_err(
+        (&a.key.0, &a.key.1),
+        &[
+            "run-task",
+            "--cluster",
+            "edge",
+            "--task-definition",
+            "web",
+            "--placement-constraints",
+            r#"[{"type":"memberOf","expression":"attribute:site in [lab"}]"#,
+        ],
+    );
+    assert!(
+        e.contains("(InvalidParameterException)") && e.contains("position"),
+        "{e}"
+    );
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use skiff_apid::config::{ApidConfig, DEFAULT_CONFIG_PATH};
-use skiff_apid::ecs::Api;
+use skiff_apid::ecs::{Api, Attribute, NodeInfo};
 use skiff_apid::identity::activations;
 use skiff_apid::identity::ca::Ca;
 use skiff_apid::identity::channel::NodeChannel;
@@ -44,6 +44,12 @@ enum Command {
     /// Prints the cluster CA certificate (PEM), made now if there is none: give it to nodes'
     /// installs so that they can verify apid at first contact.
     CaCert,
+    /// Test and bootstrap aids, hidden: not an interface.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +73,39 @@ enum ActivationsCommand {
         /// The activation id.
         id: String,
     },
+}
+
+/// Until nodes register themselves over the node channel, tests and first setups record
+/// container instances directly in the store.
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Records a container instance as if a node had registered; prints its id.
+    RegisterInstance {
+        /// The cluster (it must exist).
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// CPU units (1024 per core).
+        #[arg(long)]
+        cpu: i64,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory: i64,
+        /// An attribute, `name=value` (`ecs.cpu-architecture=arm64`); repeatable.
+        #[arg(long = "attribute", value_parser = attribute)]
+        attributes: Vec<Attribute>,
+    },
+}
+
+fn attribute(s: &str) -> Result<Attribute, String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not name=value"))?;
+    Ok(Attribute {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        target_type: None,
+        target_id: None,
+    })
 }
 
 #[derive(Subcommand)]
@@ -170,6 +209,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Debug {
+            command:
+                DebugCommand::RegisterInstance {
+                    cluster,
+                    cpu,
+                    memory,
+                    attributes,
+                },
+        } => {
+            let node = NodeInfo {
+                cpu,
+                memory,
+                reserved_ports: Vec::new(),
+                attributes,
+                agent_version: "apid-debug".into(),
+                hostname: "debug".into(),
+            };
+            let id = Api::new(pool, cfg)
+                .register_instance(&cluster, &node)
+                .await
+                .with_context(|| format!("registering an instance in {cluster}"))?;
+            println!("{id}");
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::tasks::PENDING;
 use super::{Api, Failure, Tag, now, page};
 use crate::error::ApiError;
 
@@ -96,17 +97,18 @@ pub(super) fn cluster_name(s: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
-type ClusterRow = (String, String, String);
+/// Name, status, tags, then the counts of instances, running and pending tasks.
+type ClusterRow = (String, String, String, u32, u32, u32);
 
 impl Api {
-    fn cluster(&self, (name, status, tags): ClusterRow) -> Cluster {
+    fn cluster(&self, (name, status, tags, instances, running, pending): ClusterRow) -> Cluster {
         Cluster {
             cluster_arn: self.arn(&format!("cluster/{name}")),
             cluster_name: name,
             status,
-            registered_container_instances_count: 0,
-            running_tasks_count: 0,
-            pending_tasks_count: 0,
+            registered_container_instances_count: instances,
+            running_tasks_count: running,
+            pending_tasks_count: pending,
             active_services_count: 0,
             statistics: Vec::new(),
             tags: serde_json::from_str(&tags).unwrap_or_default(),
@@ -118,10 +120,16 @@ impl Api {
 
     async fn find_cluster(&self, name: &str) -> Result<Option<ClusterRow>, ApiError> {
         Ok(
-            sqlx::query_as("SELECT name, status, tags FROM clusters WHERE name = ?")
-                .bind(name)
-                .fetch_optional(self.pool())
-                .await?,
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT name, status, tags,
+                   (SELECT COUNT(*) FROM container_instances i WHERE i.cluster = clusters.name AND i.status != 'INACTIVE'),
+                   (SELECT COUNT(*) FROM tasks t WHERE t.cluster = clusters.name AND t.last_status = 'RUNNING'),
+                   (SELECT COUNT(*) FROM tasks t WHERE t.cluster = clusters.name AND t.last_status IN {PENDING})
+                 FROM clusters WHERE name = ?"
+            )))
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?,
         )
     }
 

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::clusters::cluster_name;
+use super::placement::{Candidate, Expr};
+use super::tasks::PENDING;
 use super::{Api, Failure, now, page};
 use crate::error::ApiError;
 
@@ -45,7 +47,9 @@ pub struct NodeInfo {
     pub hostname: String,
 }
 
-type Row = (
+/// The instance's columns, then its running and pending tasks' counts and what its tasks
+/// reserve (cpu, memory, host ports as a JSON array), their groups (a JSON array), and its tags.
+pub(super) type Row = (
     String,
     String,
     String,
@@ -54,9 +58,16 @@ type Row = (
     String,
     String,
     String,
+    u32,
+    u32,
+    i64,
+    i64,
+    String,
+    String,
     String,
 );
-const COLUMNS: &str = "id, cluster, status, agent_connected, registered_at, resources, attributes, version_info, tags FROM container_instances";
+const COLUMNS: &str =
+    "id, cluster, status, agent_connected, registered_at, resources, attributes, version_info";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -112,13 +123,77 @@ pub(super) struct ListAttributes {
     max_results: Option<i64>,
 }
 
+/// The `ec2InstanceId` ECS Anywhere users see (`mi-...` there, `sk-...` here) for an instance id.
+pub(super) fn ec2_instance_id(id: &str) -> String {
+    format!("sk-{}", &id[..17.min(id.len())])
+}
+
+/// The instances of `cluster` (INACTIVE ones too) with what their tasks reserve, read on
+/// `conn` (placement's transaction, or the pool's).
+pub(super) async fn instance_rows_on(
+    conn: &mut sqlx::SqliteConnection,
+    cluster: &str,
+) -> Result<Vec<Row>, ApiError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS},
+           (SELECT COUNT(*) FROM tasks t WHERE t.container_instance = i.id AND t.last_status = 'RUNNING'),
+           (SELECT COUNT(*) FROM tasks t WHERE t.container_instance = i.id AND t.last_status IN {PENDING}),
+           (SELECT COALESCE(SUM(cpu), 0) FROM tasks t WHERE t.container_instance = i.id AND t.last_status != 'STOPPED'),
+           (SELECT COALESCE(SUM(memory), 0) FROM tasks t WHERE t.container_instance = i.id AND t.last_status != 'STOPPED'),
+           (SELECT json_group_array(p.value) FROM tasks t, json_each(t.host_ports) p
+              WHERE t.container_instance = i.id AND t.last_status != 'STOPPED'),
+           (SELECT json_group_array(task_group) FROM tasks t
+              WHERE t.container_instance = i.id AND t.last_status != 'STOPPED'),
+           i.tags
+         FROM container_instances i WHERE cluster = ? ORDER BY registered_at, id"
+    )))
+    .bind(cluster)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A registered resource from `resources` JSON (`integerValue` or `stringSetValue` inside).
+fn resource<'a>(resources: &'a Value, name: &str) -> Option<&'a Value> {
+    resources.as_array()?.iter().find(|r| r["name"] == name)
+}
+
+/// The instance as placement sees it: what it has left after its tasks' reservations.
+pub(super) fn candidate(r: &Row) -> Candidate {
+    let resources: Value = serde_json::from_str(&r.5).unwrap_or_default();
+    let int = |n| {
+        resource(&resources, n)
+            .and_then(|x| x["integerValue"].as_i64())
+            .unwrap_or(0)
+    };
+    let registered_ports = resource(&resources, "PORTS")
+        .and_then(|x| x["stringSetValue"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str()?.parse().ok());
+    let task_ports = serde_json::from_str::<Vec<u16>>(&r.12).unwrap_or_default();
+    let attributes: Vec<Attribute> = serde_json::from_str(&r.6).unwrap_or_default();
+    let version: Value = serde_json::from_str(&r.7).unwrap_or_default();
+    Candidate {
+        id: r.0.clone(),
+        ec2_instance_id: ec2_instance_id(&r.0),
+        status: r.2.clone(),
+        agent_connected: r.3 != 0,
+        agent_version: version["agentVersion"].as_str().unwrap_or("").to_owned(),
+        attributes: attributes.into_iter().map(|a| (a.name, a.value)).collect(),
+        cpu: int("CPU") - r.10,
+        memory: int("MEMORY") - r.11,
+        ports: registered_ports.chain(task_ports).collect(),
+        groups: serde_json::from_str(&r.13).unwrap_or_default(),
+    }
+}
+
 /// The instance id from an id or ARN (`...:container-instance/<cluster>/<id>`).
 fn instance_id(s: &str) -> String {
     s.rsplit('/').next().unwrap_or(s).to_owned()
 }
 
 impl Api {
-    fn instance_arn(&self, cluster: &str, id: &str) -> String {
+    pub(super) fn instance_arn(&self, cluster: &str, id: &str) -> String {
         self.arn(&format!("container-instance/{cluster}/{id}"))
     }
 
@@ -173,33 +248,41 @@ impl Api {
     }
 
     fn instance(&self, r: &Row) -> Value {
-        let (id, cluster, status, connected, registered_at, resources, attributes, version, tags) =
-            r;
+        let (id, cluster, status, connected, registered_at, resources, attributes, version) =
+            (&r.0, &r.1, &r.2, r.3, r.4, &r.5, &r.6, &r.7);
         let attrs: Vec<Attribute> = serde_json::from_str(attributes).unwrap_or_default();
         let resources: Value = serde_json::from_str(resources).unwrap_or_default();
+        // What is left is what placement sees.
+        let left = candidate(r);
+        let mut remaining = resources.clone();
+        for x in remaining.as_array_mut().into_iter().flatten() {
+            match x["name"].as_str() {
+                Some("CPU") => x["integerValue"] = left.cpu.into(),
+                Some("MEMORY") => x["integerValue"] = left.memory.into(),
+                Some("PORTS") => {
+                    x["stringSetValue"] = left.ports.iter().map(u16::to_string).collect();
+                }
+                _ => {}
+            }
+        }
         json!({
             "containerInstanceArn": self.instance_arn(cluster, id),
-            "ec2InstanceId": format!("sk-{}", &id[..17.min(id.len())]),
+            "ec2InstanceId": ec2_instance_id(id),
             "status": status,
-            "agentConnected": *connected != 0,
+            "agentConnected": connected != 0,
             "registeredAt": registered_at,
             "registeredResources": resources,
-            "remainingResources": resources,
-            "runningTasksCount": 0,
-            "pendingTasksCount": 0,
+            "remainingResources": remaining,
+            "runningTasksCount": r.8,
+            "pendingTasksCount": r.9,
             "attributes": attrs,
             "versionInfo": serde_json::from_str::<Value>(version).unwrap_or_default(),
-            "tags": serde_json::from_str::<Value>(tags).unwrap_or_default(),
+            "tags": serde_json::from_str::<Value>(&r.14).unwrap_or_default(),
         })
     }
 
     async fn instance_rows(&self, cluster: &str) -> Result<Vec<Row>, ApiError> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} WHERE cluster = ? ORDER BY registered_at, id"
-        )))
-        .bind(cluster)
-        .fetch_all(self.pool())
-        .await?)
+        instance_rows_on(&mut *self.pool().acquire().await?, cluster).await
     }
 
     pub(super) async fn list_container_instances(
@@ -207,11 +290,8 @@ impl Api {
         r: ListContainerInstances,
     ) -> Result<Value, ApiError> {
         let cluster = self.active_cluster(r.cluster.as_deref()).await?;
-        if r.filter.is_some() {
-            return Err(ApiError::InvalidParameter(
-                "filter (the cluster query language) is not supported yet".into(),
-            ));
-        }
+        // The same cluster query language as memberOf placement constraints.
+        let filter = r.filter.as_deref().map(Expr::parse).transpose()?;
         let status = r.status.as_deref();
         let arns: Vec<String> = self
             .instance_rows(&cluster)
@@ -221,6 +301,7 @@ impl Api {
                 Some(s) => row.2 == s,
                 None => row.2 != "INACTIVE",
             })
+            .filter(|row| filter.as_ref().is_none_or(|e| e.eval(&candidate(row))))
             .map(|row| self.instance_arn(&cluster, &row.0))
             .collect();
         let (arns, next) = page(arns, r.next_token.as_deref(), r.max_results, 100)?;

@@ -13,8 +13,10 @@ use crate::error::ApiError;
 
 mod clusters;
 mod container_instances;
+mod placement;
 mod tags;
 mod task_definitions;
+mod tasks;
 
 pub use container_instances::{Attribute, NodeInfo};
 
@@ -156,6 +158,11 @@ impl Api {
             "TagResource" => self.tag_resource(request(body)?).await,
             "UntagResource" => self.untag_resource(request(body)?).await,
             "ListTagsForResource" => self.list_tags_for_resource(request(body)?).await,
+            "RunTask" => self.run_task(request(body)?).await,
+            "StartTask" => self.start_task(request(body)?).await,
+            "StopTask" => self.stop_task(request(body)?).await,
+            "DescribeTasks" => self.describe_tasks(request(body)?).await,
+            "ListTasks" => self.list_tasks(request(body)?).await,
             other => Err(ApiError::UnknownOperation(format!(
                 "apid does not implement the ECS action {other}"
             ))),

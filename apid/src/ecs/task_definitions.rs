@@ -105,7 +105,7 @@ fn parse_ref(s: &str) -> Result<(String, Option<i64>), ApiError> {
 }
 
 impl Api {
-    fn task_definition_arn(&self, family: &str, revision: i64) -> String {
+    pub(super) fn task_definition_arn(&self, family: &str, revision: i64) -> String {
         self.arn(&format!("task-definition/{family}:{revision}"))
     }
 
@@ -151,6 +151,28 @@ impl Api {
             q = q.bind(r);
         }
         Ok(q.fetch_optional(self.pool()).await?)
+    }
+
+    /// The ACTIVE definition `s` names (family, `family:revision` or ARN), as RunTask and
+    /// StartTask resolve it: its family, revision and parsed body.
+    pub(super) async fn runnable_task_definition(
+        &self,
+        s: &str,
+    ) -> Result<(String, i64, skiff_runtime::taskdef::TaskDefinition), ApiError> {
+        let (family, revision) = parse_ref(s)?;
+        let (family, revision, status, body, ..) = self
+            .find(&family, revision)
+            .await?
+            .ok_or_else(|| ApiError::Client("TaskDefinition not found.".into()))?;
+        if status != "ACTIVE" {
+            return Err(ApiError::Client(format!(
+                "TaskDefinition {family}:{revision} is inactive."
+            )));
+        }
+        let def = skiff_runtime::taskdef::TaskDefinition::from_json(&body).map_err(|e| {
+            ApiError::Server(format!("stored task definition {family}:{revision}: {e}"))
+        })?;
+        Ok((family, revision, def))
     }
 
     pub(super) async fn register_task_definition(

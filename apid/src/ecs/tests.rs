@@ -1,5 +1,7 @@
 //! The actions over a real SQLite file, without HTTP.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Value, json};
 
 use super::*;
@@ -350,6 +352,26 @@ async fn container_instances_drain_attributes_and_deregister() {
     .await
     .unwrap();
     assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 1);
+    // Filtered by the cluster query language.
+    let l = call(
+        &api,
+        "ListContainerInstances",
+        json!({"cluster": "edge", "filter": "attribute:ecs.cpu-architecture == arm64"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 1);
+    let e = call(
+        &api,
+        "ListContainerInstances",
+        json!({"cluster": "edge", "filter": "attribute:x =="}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::InvalidParameter(m) if m.contains("position 14")),
+        "{e:?}"
+    );
     // Custom attributes.
     call(&api, "PutAttributes", json!({"cluster": "edge", "attributes": [{"name": "site", "value": "lab", "targetId": a.clone()}]}))
         .await
@@ -398,6 +420,371 @@ async fn container_instances_drain_attributes_and_deregister() {
         .await
         .unwrap();
     assert_eq!(l["containerInstanceArns"].as_array().unwrap().len(), 1);
+}
+
+/// `edge` with instances of these architectures (2048 cpu, 3900 MiB each) and the `web`
+/// definition (64 MiB, no fixed port); the instance ids.
+async fn fleet(api: &Api, archs: &[&str]) -> Vec<String> {
+    call(api, "CreateCluster", json!({"clusterName": "edge"}))
+        .await
+        .unwrap();
+    call(api, "RegisterTaskDefinition", web("web"))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for a in archs {
+        ids.push(api.register_instance("edge", &node(a)).await.unwrap());
+    }
+    ids
+}
+
+/// RunTask's placed tasks' instance ids, and its failures' reasons.
+async fn run(api: &Api, body: Value) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    let r = call(api, "RunTask", body).await?;
+    let on = r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let arn = t["containerInstanceArn"].as_str().unwrap();
+            arn.rsplit('/').next().unwrap().to_owned()
+        })
+        .collect();
+    let why = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap().to_owned())
+        .collect();
+    Ok((on, why))
+}
+
+fn counts(on: &[String], ids: &[String]) -> Vec<usize> {
+    ids.iter()
+        .map(|i| on.iter().filter(|x| *x == i).count())
+        .collect()
+}
+
+#[tokio::test]
+async fn run_task_places_by_strategy_constraint_architecture_and_resources() {
+    let (_t, api) = api().await;
+    let ids = fleet(&api, &["x86_64", "x86_64", "arm64"]).await;
+    let (a, b) = (&ids[0], &ids[1]);
+    // Spread over the two x86 instances: 2 and 1.
+    let x86 =
+        json!([{"type": "memberOf", "expression": "attribute:ecs.cpu-architecture == x86_64"}]);
+    let (on, why) = run(&api, json!({"cluster": "edge", "taskDefinition": "web", "count": 3,
+        "placementStrategy": [{"type": "spread", "field": "instanceId"}], "placementConstraints": x86}))
+    .await
+    .unwrap();
+    let mut c = counts(&on, &ids);
+    c[..2].sort();
+    assert_eq!((c, why.len()), (vec![1, 2, 0], 0), "{on:?}");
+    // Binpack fills one instance (the fullest: the one with two tasks).
+    let (on, _) = run(&api, json!({"cluster": "edge", "taskDefinition": "web:1", "count": 3, "group": "packed",
+        "placementStrategy": [{"type": "binpack", "field": "memory"}], "placementConstraints": x86}))
+    .await
+    .unwrap();
+    assert_eq!(on.iter().collect::<BTreeSet<_>>().len(), 1, "{on:?}");
+    // The architecture of runtimePlatform, and memberOf by attribute, choose the arm node.
+    let mut arm = web("arm");
+    arm["runtimePlatform"] = json!({"cpuArchitecture": "ARM64"});
+    call(&api, "RegisterTaskDefinition", arm).await.unwrap();
+    let (on, _) = run(
+        &api,
+        json!({"cluster": "edge", "taskDefinition": "arm", "count": 2}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(counts(&on, &ids), [0, 0, 2]);
+    // DRAINING gets nothing: with the arm node draining, its tasks have nowhere to go.
+    call(&api, "UpdateContainerInstancesState",
+        json!({"cluster": "edge", "containerInstances": [ids[2].clone(), a.clone()], "status": "DRAINING"}))
+        .await
+        .unwrap();
+    let (on, why) = run(&api, json!({"cluster": "edge", "taskDefinition": "arm"}))
+        .await
+        .unwrap();
+    assert_eq!((on.len(), why), (0, vec!["ATTRIBUTE".to_owned()]));
+    let (on, _) = run(
+        &api,
+        json!({"cluster": "edge", "taskDefinition": "web", "count": 4}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(on, vec![b.clone(); 4]);
+    // Memory runs out: 3900 MiB, 1000 MiB a task, 6 x 64 MiB already on b.
+    let mut big = web("big");
+    big["containerDefinitions"][0]["memory"] = json!(1000);
+    call(&api, "RegisterTaskDefinition", big).await.unwrap();
+    let (on, why) = run(
+        &api,
+        json!({"cluster": "edge", "taskDefinition": "big", "count": 5}),
+    )
+    .await
+    .unwrap();
+    assert_eq!((on.len(), why), (3, vec!["RESOURCE:MEMORY".to_owned()]));
+    // ECS's refusals.
+    let bad = [
+        json!({"cluster": "edge", "taskDefinition": "web", "count": 11}),
+        json!({"cluster": "edge", "taskDefinition": "web", "placementStrategy": [{"type": "binpack"}]}),
+        json!({"cluster": "edge", "taskDefinition": "web", "placementConstraints": [{"type": "memberOf", "expression": "attribute:x in [a"}]}),
+        json!({"cluster": "edge", "taskDefinition": "web", "overrides": {"containerOverrides": [{"name": "nope", "command": ["x"]}]}}),
+    ];
+    for body in bad {
+        let e = call(&api, "RunTask", body.clone()).await.unwrap_err();
+        assert!(matches!(e, ApiError::InvalidParameter(_)), "{body}: {e:?}");
+    }
+    let e = call(
+        &api,
+        "RunTask",
+        json!({"cluster": "edge", "taskDefinition": "nope"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ApiError::Client(_)), "{e:?}");
+    call(
+        &api,
+        "UpdateContainerInstancesState",
+        json!({"cluster": "edge", "containerInstances": [b.clone()], "status": "DRAINING"}),
+    )
+    .await
+    .unwrap();
+    let e = call(
+        &api,
+        "RunTask",
+        json!({"cluster": "edge", "taskDefinition": "web"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::InvalidParameter(m) if m.contains("No Container Instances")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn tasks_start_describe_list_and_stop() {
+    let (_t, api) = api().await;
+    let ids = fleet(&api, &["x86_64", "x86_64"]).await;
+    let r = call(
+        &api,
+        "RunTask",
+        json!({"cluster": "edge", "taskDefinition": "web", "count": 2,
+        "startedBy": "ci", "tags": [{"key": "k", "value": "v"}],
+        "overrides": {"containerOverrides": [{"name": "web", "command": ["sleep", "1"]}]}}),
+    )
+    .await
+    .unwrap();
+    let t = &r["tasks"][0];
+    let arn = t["taskArn"].as_str().unwrap().to_owned();
+    assert!(
+        arn.starts_with("arn:aws:ecs:us-east-1:000000000000:task/edge/"),
+        "{arn}"
+    );
+    assert_eq!(arn.rsplit('/').next().unwrap().len(), 32);
+    assert_eq!(
+        (
+            &t["lastStatus"],
+            &t["desiredStatus"],
+            &t["launchType"],
+            &t["memory"],
+            &t["group"]
+        ),
+        (
+            &json!("PROVISIONING"),
+            &json!("RUNNING"),
+            &json!("EXTERNAL"),
+            &json!("64"),
+            &json!("family:web")
+        )
+    );
+    assert_eq!(
+        t["taskDefinitionArn"],
+        "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1"
+    );
+    assert_eq!(t["containers"][0]["name"], "web");
+    assert_eq!(t["containers"][0]["image"], "busybox");
+    assert_eq!(t["overrides"]["containerOverrides"][0]["command"][1], "1");
+    // StartTask: on the instance named, MISSING for an unknown one.
+    let s = call(
+        &api,
+        "StartTask",
+        json!({"cluster": "edge", "taskDefinition": "web",
+        "containerInstances": [ids[1].clone(), "0123"], "startedBy": "manual"}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        s["tasks"][0]["containerInstanceArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(&ids[1])
+    );
+    assert_eq!(s["failures"][0]["reason"], "MISSING");
+    // Describe: tags only when asked, MISSING for the unknown.
+    let d = call(
+        &api,
+        "DescribeTasks",
+        json!({"cluster": "edge", "tasks": [arn.clone(), "feed"], "include": ["TAGS"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d["tasks"][0]["tags"][0]["key"], "k");
+    assert_eq!(d["tasks"][0]["startedBy"], "ci");
+    assert_eq!(
+        d["failures"][0],
+        json!({"arn": "arn:aws:ecs:us-east-1:000000000000:task/edge/feed", "reason": "MISSING"})
+    );
+    let d = call(
+        &api,
+        "DescribeTasks",
+        json!({"cluster": "edge", "tasks": [arn.clone()]}),
+    )
+    .await
+    .unwrap();
+    assert!(d["tasks"][0].get("tags").is_none());
+    // Stop: desired STOPPED with the reason; the node does the rest.
+    let s = call(
+        &api,
+        "StopTask",
+        json!({"cluster": "edge", "task": arn.clone(), "reason": "done"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            &s["task"]["desiredStatus"],
+            &s["task"]["stoppedReason"],
+            &s["task"]["stopCode"]
+        ),
+        (&json!("STOPPED"), &json!("done"), &json!("UserInitiated"))
+    );
+    let e = call(&api, "StopTask", json!({"cluster": "edge", "task": "feed"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::InvalidParameter(_)), "{e:?}");
+    // List: RUNNING by default, then the filters.
+    let list = |body: Value| {
+        let api = api.clone();
+        async move {
+            let l = call(&api, "ListTasks", body).await.unwrap();
+            l["taskArns"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(list(json!({"cluster": "edge"})).await, 2);
+    assert_eq!(
+        list(json!({"cluster": "edge", "desiredStatus": "STOPPED"})).await,
+        1
+    );
+    assert_eq!(
+        list(json!({"cluster": "edge", "startedBy": "manual"})).await,
+        1
+    );
+    assert_eq!(list(json!({"cluster": "edge", "family": "web"})).await, 2);
+    assert_eq!(list(json!({"cluster": "edge", "family": "api"})).await, 0);
+    assert_eq!(
+        list(json!({"cluster": "edge", "serviceName": "web"})).await,
+        0
+    );
+    // The first task is stopped; the second and the started one may be on ids[1].
+    let on_1 = usize::from(
+        r["tasks"][1]["containerInstanceArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(&ids[1]),
+    );
+    assert_eq!(
+        list(json!({"cluster": "edge", "containerInstance": ids[1].clone()})).await,
+        1 + on_1
+    );
+    let l = call(
+        &api,
+        "ListTasks",
+        json!({"cluster": "edge", "maxResults": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(l["taskArns"].as_array().unwrap().len(), 1);
+    assert!(l["nextToken"].is_string());
+    // Counts and what is left: three tasks hold their reservations until the node stops them.
+    let c = call(&api, "DescribeClusters", json!({"clusters": ["edge"]}))
+        .await
+        .unwrap();
+    let c = &c["clusters"][0];
+    assert_eq!(
+        (
+            &c["registeredContainerInstancesCount"],
+            &c["pendingTasksCount"],
+            &c["runningTasksCount"]
+        ),
+        (&json!(2), &json!(3), &json!(0))
+    );
+    let d = call(
+        &api,
+        "DescribeContainerInstances",
+        json!({"cluster": "edge", "containerInstances": ids.clone()}),
+    )
+    .await
+    .unwrap();
+    let sum = |field: &str| -> i64 {
+        d["containerInstances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.pointer(field).unwrap().as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (
+            sum("/remainingResources/1/integerValue"),
+            sum("/pendingTasksCount")
+        ),
+        (2 * 3900 - 3 * 64, 3)
+    );
+    let e = call(
+        &api,
+        "ListTasks",
+        json!({"cluster": "edge", "desiredStatus": "GONE"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ApiError::InvalidParameter(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn concurrent_run_tasks_never_over_commit_memory() {
+    let (_t, api) = api().await;
+    fleet(&api, &["x86_64"]).await;
+    let mut half = web("half");
+    half["containerDefinitions"][0]["memory"] = json!(500);
+    call(&api, "RegisterTaskDefinition", half).await.unwrap();
+    // 4 x 3 tasks of 500 MiB want 6000 MiB; the node has 3900: 7 fit, never more.
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                run(
+                    &api,
+                    json!({"cluster": "edge", "taskDefinition": "half", "count": 3}),
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut placed = 0;
+    for r in runs {
+        let (on, why) = r.await.unwrap();
+        placed += on.len();
+        assert!(why.iter().all(|w| w == "RESOURCE:MEMORY"), "{why:?}");
+    }
+    assert_eq!(placed, 7);
+    let (reserved,): (i64,) = sqlx::query_as("SELECT SUM(memory) FROM tasks")
+        .fetch_one(api.pool())
+        .await
+        .unwrap();
+    assert_eq!(reserved, 3500);
 }
 
 #[tokio::test]
