@@ -1372,3 +1372,160 @@ pub fn ns_sh(ns: &Path, script: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// An apid of its own for a test: config, database and log in a scratch directory, the ECS API
+/// and the node channel on free loopback ports, and an access key made with `apid keys create`.
+/// Killed on drop.
+pub struct Apid {
+    /// Scratch directory (config, database, log).
+    pub dir: TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// The ECS API's port.
+    pub port: u16,
+    /// The node channel's port.
+    pub node_port: u16,
+    /// The access key (id, secret).
+    pub key: (String, String),
+    child: Child,
+}
+
+impl Apid {
+    /// Starts one and waits until both ports accept connections.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("apid-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let (port, node_port) = (free_port(), free_port());
+        let config = dir.path().join("apid.toml");
+        fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nnode_listen = \"127.0.0.1:{node_port}\"\nnode_channel_names = [\"localhost\", \"127.0.0.1\"]\ndatabase = {:?}\n",
+                dir.path().join("apid.db")
+            ),
+        )
+        .expect("write apid.toml");
+        let k: serde_json::Value =
+            serde_json::from_str(&apid_admin(&config, &["keys", "create"])).expect("key JSON");
+        let key = (
+            k["AccessKey"]["AccessKeyId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            k["AccessKey"]["SecretAccessKey"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        let log = fs::File::create(dir.path().join("apid.log")).expect("apid log");
+        let child = Command::new(workspace_bin("apid"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn apid");
+        let a = Self {
+            dir,
+            config,
+            port,
+            node_port,
+            key,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", node_port)).is_err()
+        {
+            assert!(Instant::now() < deadline, "apid did not start: {}", a.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    /// A file in its scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The ECS API's URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `apid <args>` (an admin verb) on its config, asserting success; its stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        apid_admin(&self.config, args)
+    }
+
+    /// `aws ecs <args>` (Debian's aws CLI) signed with `key`.
+    pub fn aws_as(&self, key: (&str, &str), args: &[&str]) -> std::process::Output {
+        Command::new("/usr/bin/aws")
+            .arg("ecs")
+            .args(args)
+            .args([
+                "--endpoint-url",
+                &self.endpoint(),
+                "--region",
+                "us-east-1",
+                "--output",
+                "json",
+            ])
+            .env("AWS_ACCESS_KEY_ID", key.0)
+            .env("AWS_SECRET_ACCESS_KEY", key.1)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_PAGER", "")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .output()
+            .expect("run the aws CLI (apt-get install awscli)")
+    }
+
+    /// `aws ecs <args>` with its key, asserting success; its JSON (null when empty).
+    pub fn aws(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.aws_as((&self.key.0, &self.key.1), args);
+        assert!(
+            out.status.success(),
+            "aws ecs {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `aws ecs <args>` signed with `key`, expected to fail; its stderr.
+    pub fn aws_err(&self, key: (&str, &str), args: &[&str]) -> String {
+        let out = self.aws_as(key, args);
+        assert!(!out.status.success(), "aws ecs {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("apid.log")).unwrap_or_default()
+    }
+}
+
+/// `apid --config <config> <args>`, asserting success; its stdout.
+fn apid_admin(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(workspace_bin("apid"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run apid");
+    assert!(out.status.success(), "apid {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Drop for Apid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

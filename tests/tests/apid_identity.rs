@@ -6,130 +6,22 @@
 //! certificate needs the CA's key to make: apid's unit tests cover it, in
 //! apid/src/identity/channel_tests.rs.)
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use skiff_tests::{free_port, workspace_bin};
+use skiff_tests::Apid;
 
-struct Apid {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    port: u16,
-    node_port: u16,
-    child: Child,
-    key: (String, String),
+/// What a node does against apid, in these tests.
+trait NodeSide {
+    fn instances(&self) -> Vec<Value>;
+    fn curl(&self, path: &str, extra: &[&str]) -> Result<(u16, Value), (i32, String)>;
+    fn register(&self, activation: &Value, code: Option<&str>, csr: &Path) -> (u16, Value);
+    fn wait_log(&self, needle: &str);
 }
 
-impl Apid {
-    fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("apid-ident-")
-            .tempdir()
-            .unwrap();
-        let (port, node_port) = (free_port(), free_port());
-        let config = dir.path().join("apid.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\nnode_listen = \"127.0.0.1:{node_port}\"\nnode_channel_names = [\"localhost\", \"127.0.0.1\"]\ndatabase = {:?}\n",
-                dir.path().join("apid.db")
-            ),
-        )
-        .unwrap();
-        let admin = |args: &[&str]| -> Value {
-            let out = Command::new(workspace_bin("apid"))
-                .arg("--config")
-                .arg(&config)
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            serde_json::from_slice(&out.stdout).unwrap()
-        };
-        let k = admin(&["keys", "create"]);
-        let key = (
-            k["AccessKey"]["AccessKeyId"].as_str().unwrap().to_owned(),
-            k["AccessKey"]["SecretAccessKey"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-        let log = std::fs::File::create(dir.path().join("apid.log")).unwrap();
-        let child = Command::new(workspace_bin("apid"))
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err()
-            || TcpStream::connect(("127.0.0.1", node_port)).is_err()
-        {
-            assert!(Instant::now() < deadline, "apid did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            dir,
-            config,
-            port,
-            node_port,
-            child,
-            key,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `apid <args>` (an admin verb), asserting success; its stdout.
-    fn admin(&self, args: &[&str]) -> String {
-        let out = Command::new(workspace_bin("apid"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "apid {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `aws ecs <args>`, asserting success; its JSON.
-    fn aws(&self, args: &[&str]) -> Value {
-        let out = Command::new("/usr/bin/aws")
-            .arg("ecs")
-            .args(args)
-            .args([
-                "--endpoint-url",
-                &format!("http://127.0.0.1:{}", self.port),
-                "--region",
-                "us-east-1",
-                "--output",
-                "json",
-            ])
-            .env("AWS_ACCESS_KEY_ID", &self.key.0)
-            .env("AWS_SECRET_ACCESS_KEY", &self.key.1)
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("AWS_PAGER", "")
-            .env_remove("AWS_PROFILE")
-            .output()
-            .expect("run the aws CLI (apt-get install awscli)");
-        assert!(
-            out.status.success(),
-            "aws ecs {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-
+impl NodeSide for Apid {
     fn instances(&self) -> Vec<Value> {
         self.aws(&["list-container-instances", "--cluster", "edge"])["containerInstanceArns"]
             .as_array()
@@ -204,17 +96,6 @@ impl Apid {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("apid.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Apid {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
