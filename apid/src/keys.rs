@@ -21,10 +21,7 @@ pub struct AccessKey {
 
 fn random(alphabet: &[u8], n: usize) -> String {
     let mut bytes = vec![0u8; n];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_ok();
-    assert!(ok, "reading /dev/urandom");
+    crate::ecs::random_bytes(&mut bytes);
     bytes
         .iter()
         .map(|b| alphabet[usize::from(*b) % alphabet.len()] as char)

@@ -29,13 +29,9 @@ pub fn router(api: Api) -> Router {
     Router::new().route("/", post(handle)).with_state(api)
 }
 
+/// A request id in the UUID shape AWS uses.
 fn request_id() -> String {
-    let mut b = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    assert!(ok, "reading /dev/urandom");
-    let h = hex::encode(b);
+    let h = crate::ecs::random_id();
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

@@ -4,7 +4,7 @@
 //! [`Api::call`].
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::SqlitePool;
 
@@ -27,16 +27,8 @@ pub struct Api {
     cfg: ApidConfig,
 }
 
-/// An ECS tag.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tag {
-    /// The key.
-    pub key: String,
-    /// The value.
-    #[serde(default)]
-    pub value: String,
-}
+/// An ECS tag: the task definition parser's own, since tags ride in the same JSON.
+pub use skiff_runtime::taskdef::Tag;
 
 /// Seconds since the epoch, as the ECS API's timestamps.
 fn now() -> f64 {
@@ -45,13 +37,18 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Fills `buf` from the kernel's random source (ids, request ids, access keys).
+pub(crate) fn random_bytes(buf: &mut [u8]) {
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, buf))
+        .is_ok();
+    assert!(ok, "reading /dev/urandom");
+}
+
 /// A fresh id: 32 hex digits from the kernel's random source, as ECS's task and instance ids.
 pub(crate) fn random_id() -> String {
     let mut b = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    assert!(ok, "reading /dev/urandom");
+    random_bytes(&mut b);
     hex::encode(b)
 }
 
