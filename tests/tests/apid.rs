@@ -146,8 +146,29 @@ fn requests_are_authenticated_with_sigv4() {
     assert!(out.status.success(), "{out:?}");
     let e = a.aws_err((&id, &secret), &["list-clusters"]);
     assert!(e.contains("(UnrecognizedClientException)"), "{e}");
-    // Every response names its request.
-    assert!(a.log().is_empty() || !a.log().contains("panicked"));
+    // On the wire: an unsigned request gets a 400 with AWS JSON 1.1's error body, and every
+    // response names its request.
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "-X", "POST", "-d", "{}"])
+        .args([
+            "-H",
+            "X-Amz-Target: AmazonEC2ContainerServiceV20141113.ListClusters",
+        ])
+        .args(["-H", "Content-Type: application/x-amz-json-1.1"])
+        .arg(a.endpoint())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 400"), "{text}");
+    assert!(text.contains("\nx-amzn-requestid: "), "{text}");
+    assert!(
+        text.contains("content-type: application/x-amz-json-1.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""__type":"missingauthenticationtokenexception""#),
+        "{text}"
+    );
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //! response serialised back. The HTTP adapter ([`crate::protocol`]) only authenticates and calls
 //! [`Api::call`].
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::SqlitePool;
 
