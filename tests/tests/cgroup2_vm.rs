@@ -4,7 +4,7 @@
 //! (this CI machine is v1/hybrid, so the other end-to-end tests only ever see v1).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
