@@ -56,10 +56,8 @@ fn skiff_on_a_cgroup_v2_kernel_in_a_vm() {
     }
     // Where this checkout is now (cargo sets it when it runs the test): the path compiled in
     // can name an earlier clone that shared the target directory.
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
-        || env!("CARGO_MANIFEST_DIR").into(),
-        std::path::PathBuf::from,
-    );
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
     let script = manifest_dir.join("vm/run-cgroup2.sh");
     let bin_dir = workspace_bin("skiffd")
         .parent()
