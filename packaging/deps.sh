@@ -7,6 +7,8 @@ pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
       golang-github-containers-common
       # apid/: its ECS API is tested with the real aws CLI and boto3
       awscli python3-boto3
+      # apid/: the same store tests run on PostgreSQL (a throw-away server per test process)
+      postgresql
       # netd/: task networking (nft for Skiff's table; ip and nsenter in tests)
       nftables iproute2 util-linux
       # tests/benches/tasks.rs: the peers Skiff is measured against

@@ -38,8 +38,9 @@ pub enum ApidConfigError {
 pub struct ApidConfig {
     /// The operator API (the ECS API). Plain HTTP: put it on loopback or behind TLS.
     pub listen: SocketAddr,
-    /// The SQLite database file.
-    pub database: PathBuf,
+    /// The store: a SQLite file's path (the default; created if missing), or a
+    /// `postgres://user:password@host/db` URL shared by several apid replicas.
+    pub database: String,
     /// The region in ARNs, and the one SigV4 scopes must name.
     pub region: String,
     /// The 12-digit account id in ARNs.
@@ -55,7 +56,7 @@ impl Default for ApidConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8460".parse().expect("a valid default address"),
-            database: PathBuf::from("/var/lib/skiff-apid/apid.db"),
+            database: "/var/lib/skiff-apid/apid.db".into(),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             node_listen: "127.0.0.1:8461".parse().expect("a valid default address"),

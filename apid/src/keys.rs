@@ -4,7 +4,7 @@
 //! of base64-ish alphabet, from the kernel's random source.
 
 use serde::Serialize;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 /// An access key.
 #[derive(Clone, Debug, Serialize)]
@@ -29,7 +29,7 @@ fn random(alphabet: &[u8], n: usize) -> String {
 }
 
 /// Makes a new key.
-pub async fn create(pool: &SqlitePool) -> Result<AccessKey, sqlx::Error> {
+pub async fn create(pool: &AnyPool) -> Result<AccessKey, sqlx::Error> {
     let key = AccessKey {
         access_key_id: format!("AKIA{}", random(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)),
         secret_access_key: random(
@@ -38,27 +38,28 @@ pub async fn create(pool: &SqlitePool) -> Result<AccessKey, sqlx::Error> {
         ),
         status: "Active".into(),
     };
-    sqlx::query("INSERT INTO access_keys (id, secret, created_at) VALUES (?, ?, unixepoch())")
+    sqlx::query("INSERT INTO access_keys (id, secret, created_at) VALUES ($1, $2, $3)")
         .bind(&key.access_key_id)
         .bind(&key.secret_access_key)
+        .bind(crate::ecs::now())
         .execute(pool)
         .await?;
     Ok(key)
 }
 
 /// Revokes `id`; false if there is no such active key.
-pub async fn revoke(pool: &SqlitePool, id: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE access_keys SET revoked_at = unixepoch() WHERE id = ? AND revoked_at IS NULL",
-    )
-    .bind(id)
-    .execute(pool)
-    .await?;
+pub async fn revoke(pool: &AnyPool, id: &str) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE access_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(crate::ecs::now())
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Every key, without secrets.
-pub async fn list(pool: &SqlitePool) -> Result<Vec<AccessKey>, sqlx::Error> {
+pub async fn list(pool: &AnyPool) -> Result<Vec<AccessKey>, sqlx::Error> {
     let rows: Vec<(String, Option<f64>)> =
         sqlx::query_as("SELECT id, revoked_at FROM access_keys ORDER BY created_at, id")
             .fetch_all(pool)
@@ -79,9 +80,9 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<AccessKey>, sqlx::Error> {
 }
 
 /// The secret of active key `id`.
-pub async fn secret(pool: &SqlitePool, id: &str) -> Result<Option<String>, sqlx::Error> {
+pub async fn secret(pool: &AnyPool, id: &str) -> Result<Option<String>, sqlx::Error> {
     let row: Option<(String,)> =
-        sqlx::query_as("SELECT secret FROM access_keys WHERE id = ? AND revoked_at IS NULL")
+        sqlx::query_as("SELECT secret FROM access_keys WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
             .fetch_optional(pool)
             .await?;

@@ -1,121 +1,272 @@
-//! apid's state in SQLite: one file, WAL, nothing to install. Tables are created at open
-//! (`CREATE TABLE IF NOT EXISTS`); task definitions keep their registered JSON as it was given,
-//! so describing one returns what was registered.
+//! apid's state: embedded SQLite by default (one file, WAL, `synchronous=FULL`, nothing to
+//! install), PostgreSQL when several apid replicas share one database. Both go through sqlx's
+//! `Any` driver, so every query is written once, in the SQL both accept: `$N` placeholders,
+//! `BIGINT`/`DOUBLE PRECISION`/`TEXT` columns, no JSON functions (aggregation happens in Rust).
+//!
+//! The schema is a list of versioned migrations applied at open, in order, each in its own
+//! transaction with its version recorded in `schema_migrations`; replicas starting together
+//! serialise on the store's write lock, so each migration runs once.
+//!
+//! Writes that read before they decide (placement, the scheduler's lease) take the store's
+//! write lock first ([`Store::begin_write`]): `BEGIN IMMEDIATE` on SQLite, a transaction-scoped
+//! advisory lock on PostgreSQL. Two such transactions never interleave, on one apid or several.
 
-use std::path::Path;
 use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Transaction};
 
 /// Errors of opening the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened or prepared.
-    #[error("database {path}: {source}")]
+    #[error("database {database}: {source}")]
     Open {
-        /// The file.
-        path: String,
+        /// The file or URL (without its password).
+        database: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("database {database}: schema migration {version}: {source}")]
+    Migrate {
+        /// The file or URL (without its password).
+        database: String,
+        /// The migration's version.
+        version: i64,
         /// Why.
         #[source]
         source: sqlx::Error,
     },
 }
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS clusters (
-        name TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        tags TEXT NOT NULL DEFAULT '[]'
-    )",
-    "CREATE TABLE IF NOT EXISTS task_definitions (
-        family TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        body TEXT NOT NULL,
-        tags TEXT NOT NULL DEFAULT '[]',
-        registered_at REAL NOT NULL,
-        deregistered_at REAL,
-        PRIMARY KEY (family, revision)
-    )",
-    "CREATE TABLE IF NOT EXISTS container_instances (
-        id TEXT PRIMARY KEY,
-        cluster TEXT NOT NULL,
-        status TEXT NOT NULL,
-        agent_connected INTEGER NOT NULL DEFAULT 0,
-        registered_at REAL NOT NULL,
-        resources TEXT NOT NULL,
-        attributes TEXT NOT NULL DEFAULT '[]',
-        version_info TEXT NOT NULL DEFAULT '{}',
-        cert_serial TEXT,
-        tags TEXT NOT NULL DEFAULT '[]'
-    )",
-    "CREATE TABLE IF NOT EXISTS access_keys (
-        id TEXT PRIMARY KEY,
-        secret TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        revoked_at REAL
-    )",
-    // identity/: the cluster CA (one row) and ECS Anywhere-style activations (codes hashed).
-    "CREATE TABLE IF NOT EXISTS ca (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        cert_pem TEXT NOT NULL,
-        key_pem TEXT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS activations (
-        id TEXT PRIMARY KEY,
-        cluster TEXT NOT NULL,
-        code_hash TEXT NOT NULL,
-        remaining INTEGER NOT NULL,
-        expires_at REAL NOT NULL,
-        created_at REAL NOT NULL
-    )",
-    // Tasks: placed on an instance at RunTask/StartTask, reserving cpu, memory and host ports
-    // until their last status is STOPPED.
-    "CREATE TABLE IF NOT EXISTS tasks (
-        id TEXT PRIMARY KEY,
-        cluster TEXT NOT NULL,
-        container_instance TEXT NOT NULL,
-        family TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        desired_status TEXT NOT NULL,
-        last_status TEXT NOT NULL,
-        cpu INTEGER NOT NULL,
-        memory INTEGER NOT NULL,
-        host_ports TEXT NOT NULL DEFAULT '[]',
-        started_by TEXT,
-        task_group TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        stopping_at REAL,
-        stopped_reason TEXT,
-        stop_code TEXT,
-        version INTEGER NOT NULL DEFAULT 1,
-        containers TEXT NOT NULL DEFAULT '[]',
-        overrides TEXT NOT NULL DEFAULT '{}',
-        tags TEXT NOT NULL DEFAULT '[]'
-    )",
-    "CREATE INDEX IF NOT EXISTS tasks_by_cluster ON tasks (cluster, last_status)",
-    "CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (container_instance, last_status)",
-];
-
-/// Opens (creating) the database at `path` and its tables.
-pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
-    let err = |source| StoreError::Open {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
-    }
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-        .map_err(err)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(std::time::Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(opts).await.map_err(err)?;
-    for stmt in SCHEMA {
-        sqlx::query(*stmt).execute(&pool).await.map_err(err)?;
-    }
-    Ok(pool)
+/// Which database a store is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
 }
+
+/// The key of PostgreSQL's advisory lock that stands for SQLite's write lock.
+const WRITE_LOCK: i64 = 0x736b_6966_6601;
+
+/// The schema, as migrations: (version, statements). Append, never edit a released one.
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE IF NOT EXISTS clusters (
+            name TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            tags TEXT NOT NULL DEFAULT '[]'
+        )",
+        "CREATE TABLE IF NOT EXISTS task_definitions (
+            family TEXT NOT NULL,
+            revision BIGINT NOT NULL,
+            status TEXT NOT NULL,
+            body TEXT NOT NULL,
+            tags TEXT NOT NULL DEFAULT '[]',
+            registered_at DOUBLE PRECISION NOT NULL,
+            deregistered_at DOUBLE PRECISION,
+            PRIMARY KEY (family, revision)
+        )",
+        "CREATE TABLE IF NOT EXISTS container_instances (
+            id TEXT PRIMARY KEY,
+            cluster TEXT NOT NULL,
+            status TEXT NOT NULL,
+            agent_connected BIGINT NOT NULL DEFAULT 0,
+            registered_at DOUBLE PRECISION NOT NULL,
+            resources TEXT NOT NULL,
+            attributes TEXT NOT NULL DEFAULT '[]',
+            version_info TEXT NOT NULL DEFAULT '{}',
+            cert_serial TEXT,
+            tags TEXT NOT NULL DEFAULT '[]'
+        )",
+        "CREATE TABLE IF NOT EXISTS access_keys (
+            id TEXT PRIMARY KEY,
+            secret TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )",
+        // identity/: the cluster CA (one row) and ECS Anywhere-style activations (codes hashed).
+        "CREATE TABLE IF NOT EXISTS ca (
+            id BIGINT PRIMARY KEY CHECK (id = 1),
+            cert_pem TEXT NOT NULL,
+            key_pem TEXT NOT NULL
+        )",
+        "CREATE TABLE IF NOT EXISTS activations (
+            id TEXT PRIMARY KEY,
+            cluster TEXT NOT NULL,
+            code_hash TEXT NOT NULL,
+            remaining BIGINT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )",
+        // Tasks: placed on an instance at RunTask/StartTask, reserving cpu, memory and host
+        // ports until their last status is STOPPED.
+        "CREATE TABLE IF NOT EXISTS tasks (
+            id TEXT PRIMARY KEY,
+            cluster TEXT NOT NULL,
+            container_instance TEXT NOT NULL,
+            family TEXT NOT NULL,
+            revision BIGINT NOT NULL,
+            desired_status TEXT NOT NULL,
+            last_status TEXT NOT NULL,
+            cpu BIGINT NOT NULL,
+            memory BIGINT NOT NULL,
+            host_ports TEXT NOT NULL DEFAULT '[]',
+            started_by TEXT,
+            task_group TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            stopping_at DOUBLE PRECISION,
+            stopped_reason TEXT,
+            stop_code TEXT,
+            version BIGINT NOT NULL DEFAULT 1,
+            containers TEXT NOT NULL DEFAULT '[]',
+            overrides TEXT NOT NULL DEFAULT '{}',
+            tags TEXT NOT NULL DEFAULT '[]'
+        )",
+        "CREATE INDEX IF NOT EXISTS tasks_by_cluster ON tasks (cluster, last_status)",
+        "CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (container_instance, last_status)",
+    ],
+)];
+
+/// apid's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// `database` without a password, for messages.
+fn redacted(database: &str) -> String {
+    match (database.find("://"), database.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &database[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &database[..s + 3], &database[at..])
+        }
+        _ => database.to_owned(),
+    }
+}
+
+impl Store {
+    /// Opens `database`, a `postgres://` (or `postgresql://`) URL or else a SQLite file's path
+    /// (created with its directory), and applies the migrations it lacks.
+    pub async fn open(database: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let name = redacted(database);
+        let err = |source| StoreError::Open {
+            database: name.clone(),
+            source,
+        };
+        let (backend, url) =
+            if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+                (Backend::Postgres, database.to_owned())
+            } else {
+                let path = std::path::Path::new(database);
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
+                }
+                (Backend::Sqlite, format!("sqlite://{database}?mode=rwc"))
+            };
+        let opts = AnyConnectOptions::from_str(&url).map_err(err)?;
+        let mut pool = AnyPoolOptions::new();
+        if backend == Backend::Sqlite {
+            pool = pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(opts).await.map_err(err)?;
+        let store = Self { pool, backend };
+        store.migrate(&name).await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self, name: &str) -> Result<(), StoreError> {
+        let err = |version, source| StoreError::Migrate {
+            database: name.to_owned(),
+            version,
+            source,
+        };
+        for &(version, statements) in MIGRATIONS {
+            let mut tx = self.begin_write().await.map_err(|e| err(version, e))?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version BIGINT PRIMARY KEY,
+                    applied_at DOUBLE PRECISION NOT NULL
+                )",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| err(version, e))?;
+            let done: Option<(i64,)> =
+                sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| err(version, e))?;
+            if done.is_some() {
+                continue;
+            }
+            for stmt in statements {
+                sqlx::query(*stmt)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| err(version, e))?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(crate::ecs::now())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| err(version, e))?;
+            tx.commit().await.map_err(|e| err(version, e))?;
+            tracing::info!(version, "schema migration applied");
+        }
+        Ok(())
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A transaction holding the store's write lock from its first statement (see the module
+    /// documentation).
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                // `pg_advisory_xact_lock` returns `void`, which the Any driver cannot decode.
+                sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -12,7 +12,8 @@ use skiff_apid::ecs::{Api, Attribute, NodeInfo};
 use skiff_apid::identity::activations;
 use skiff_apid::identity::ca::Ca;
 use skiff_apid::identity::channel::NodeChannel;
-use skiff_apid::{keys, protocol, store};
+use skiff_apid::store::Store;
+use skiff_apid::{keys, protocol};
 
 #[derive(Parser)]
 #[command(
@@ -141,7 +142,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = ApidConfig::load(&cli.config)?;
-    let pool = store::open(&cfg.database).await?;
+    let store = Store::open(&cfg.database).await?;
+    let pool = store.pool().clone();
     match cli.command {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -151,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let node_listener = tokio::net::TcpListener::bind(cfg.node_listen)
                 .await
                 .with_context(|| format!("listening on {}", cfg.node_listen))?;
-            let api = Api::new(pool, cfg.clone());
+            let api = Api::new(store, cfg.clone());
             let channel = NodeChannel::new(api.clone())
                 .await
                 .context("preparing the node channel")?;
@@ -226,7 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 agent_version: "apid-debug".into(),
                 hostname: "debug".into(),
             };
-            let id = Api::new(pool, cfg)
+            let id = Api::new(store, cfg)
                 .register_instance(&cluster, &node)
                 .await
                 .with_context(|| format!("registering an instance in {cluster}"))?;

@@ -15,10 +15,10 @@ pub struct Cluster {
     cluster_arn: String,
     cluster_name: String,
     status: String,
-    registered_container_instances_count: u32,
-    running_tasks_count: u32,
-    pending_tasks_count: u32,
-    active_services_count: u32,
+    registered_container_instances_count: i64,
+    running_tasks_count: i64,
+    pending_tasks_count: i64,
+    active_services_count: i64,
     statistics: Vec<serde_json::Value>,
     tags: Vec<Tag>,
     settings: Vec<serde_json::Value>,
@@ -98,7 +98,7 @@ pub(super) fn cluster_name(s: &str) -> Result<String, ApiError> {
 }
 
 /// Name, status, tags, then the counts of instances, running and pending tasks.
-type ClusterRow = (String, String, String, u32, u32, u32);
+type ClusterRow = (String, String, String, i64, i64, i64);
 
 impl Api {
     fn cluster(&self, (name, status, tags, instances, running, pending): ClusterRow) -> Cluster {
@@ -125,7 +125,7 @@ impl Api {
                    (SELECT COUNT(*) FROM container_instances i WHERE i.cluster = clusters.name AND i.status != 'INACTIVE'),
                    (SELECT COUNT(*) FROM tasks t WHERE t.cluster = clusters.name AND t.last_status = 'RUNNING'),
                    (SELECT COUNT(*) FROM tasks t WHERE t.cluster = clusters.name AND t.last_status IN {PENDING})
-                 FROM clusters WHERE name = ?"
+                 FROM clusters WHERE name = $1"
             )))
             .bind(name)
             .fetch_optional(self.pool())
@@ -142,8 +142,8 @@ impl Api {
         // Creating an existing active cluster returns it, as ECS does; an inactive one is
         // made active again.
         sqlx::query(
-            "INSERT INTO clusters (name, status, created_at, tags) VALUES (?, 'ACTIVE', ?, ?)
-             ON CONFLICT(name) DO UPDATE SET status = 'ACTIVE' WHERE status != 'ACTIVE'",
+            "INSERT INTO clusters (name, status, created_at, tags) VALUES ($1, 'ACTIVE', $2, $3)
+             ON CONFLICT(name) DO UPDATE SET status = 'ACTIVE' WHERE clusters.status != 'ACTIVE'",
         )
         .bind(&name)
         .bind(now())
@@ -222,7 +222,7 @@ impl Api {
     ) -> Result<ClusterResponse, ApiError> {
         let name = cluster_name(&r.cluster)?;
         let done = sqlx::query(
-            "UPDATE clusters SET status = 'INACTIVE' WHERE name = ? AND status = 'ACTIVE'",
+            "UPDATE clusters SET status = 'INACTIVE' WHERE name = $1 AND status = 'ACTIVE'",
         )
         .bind(&name)
         .execute(self.pool())

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::clusters::cluster_name;
 use super::placement::{Candidate, Expr};
-use super::tasks::PENDING;
+use super::tasks::PENDING_STATUSES;
 use super::{Api, Failure, now, page};
 use crate::error::ApiError;
 
@@ -129,27 +129,85 @@ pub(super) fn ec2_instance_id(id: &str) -> String {
 }
 
 /// The instances of `cluster` (INACTIVE ones too) with what their tasks reserve, read on
-/// `conn` (placement's transaction, or the pool's).
+/// `conn` (placement's transaction, or the pool's). The sums are made here rather than in SQL,
+/// which keeps the query the same on SQLite and PostgreSQL (no JSON functions).
 pub(super) async fn instance_rows_on(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     cluster: &str,
 ) -> Result<Vec<Row>, ApiError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS},
-           (SELECT COUNT(*) FROM tasks t WHERE t.container_instance = i.id AND t.last_status = 'RUNNING'),
-           (SELECT COUNT(*) FROM tasks t WHERE t.container_instance = i.id AND t.last_status IN {PENDING}),
-           (SELECT COALESCE(SUM(cpu), 0) FROM tasks t WHERE t.container_instance = i.id AND t.last_status != 'STOPPED'),
-           (SELECT COALESCE(SUM(memory), 0) FROM tasks t WHERE t.container_instance = i.id AND t.last_status != 'STOPPED'),
-           (SELECT json_group_array(p.value) FROM tasks t, json_each(t.host_ports) p
-              WHERE t.container_instance = i.id AND t.last_status != 'STOPPED'),
-           (SELECT json_group_array(task_group) FROM tasks t
-              WHERE t.container_instance = i.id AND t.last_status != 'STOPPED'),
-           i.tags
-         FROM container_instances i WHERE cluster = ? ORDER BY registered_at, id"
+    type Instance = (
+        String,
+        String,
+        String,
+        i64,
+        f64,
+        String,
+        String,
+        String,
+        String,
+    );
+    let instances: Vec<Instance> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, tags FROM container_instances WHERE cluster = $1 ORDER BY registered_at, id"
     )))
     .bind(cluster)
-    .fetch_all(conn)
-    .await?)
+    .fetch_all(&mut *conn)
+    .await?;
+    let tasks: Vec<(String, String, i64, i64, String, String)> = sqlx::query_as(
+        "SELECT container_instance, last_status, cpu, memory, host_ports, task_group FROM tasks
+         WHERE cluster = $1 AND last_status != 'STOPPED'",
+    )
+    .bind(cluster)
+    .fetch_all(&mut *conn)
+    .await?;
+    /// What one instance's tasks hold.
+    #[derive(Default)]
+    struct Used<'a> {
+        running: u32,
+        pending: u32,
+        cpu: i64,
+        memory: i64,
+        ports: Vec<u16>,
+        groups: Vec<&'a str>,
+    }
+    let mut used: std::collections::HashMap<&str, Used<'_>> = std::collections::HashMap::new();
+    for (instance, last, cpu, memory, ports, group) in &tasks {
+        let u = used.entry(instance.as_str()).or_default();
+        if last == "RUNNING" {
+            u.running += 1;
+        } else if PENDING_STATUSES.contains(&last.as_str()) {
+            u.pending += 1;
+        }
+        u.cpu += cpu;
+        u.memory += memory;
+        u.ports
+            .extend(serde_json::from_str::<Vec<u16>>(ports).unwrap_or_default());
+        u.groups.push(group);
+    }
+    Ok(instances
+        .into_iter()
+        .map(
+            |(id, cluster, status, connected, registered, res, attrs, version, tags)| {
+                let u = used.remove(id.as_str()).unwrap_or_default();
+                (
+                    id,
+                    cluster,
+                    status,
+                    connected,
+                    registered,
+                    res,
+                    attrs,
+                    version,
+                    u.running,
+                    u.pending,
+                    u.cpu,
+                    u.memory,
+                    serde_json::to_string(&u.ports).expect("ports serialize"),
+                    serde_json::to_string(&u.groups).expect("groups serialize"),
+                    tags,
+                )
+            },
+        )
+        .collect())
 }
 
 /// A registered resource from `resources` JSON (`integerValue` or `stringSetValue` inside).
@@ -201,7 +259,7 @@ impl Api {
     pub(super) async fn active_cluster(&self, c: Option<&str>) -> Result<String, ApiError> {
         let name = cluster_name(c.unwrap_or("default"))?;
         let found: Option<(String,)> =
-            sqlx::query_as("SELECT name FROM clusters WHERE name = ? AND status = 'ACTIVE'")
+            sqlx::query_as("SELECT name FROM clusters WHERE name = $1 AND status = 'ACTIVE'")
                 .bind(&name)
                 .fetch_optional(self.pool())
                 .await?;
@@ -234,7 +292,7 @@ impl Api {
         });
         sqlx::query(
             "INSERT INTO container_instances (id, cluster, status, agent_connected, registered_at, resources, attributes, version_info)
-             VALUES (?, ?, 'ACTIVE', 0, ?, ?, ?, ?)",
+             VALUES ($1, $2, 'ACTIVE', 0, $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(&cluster)
@@ -346,7 +404,7 @@ impl Api {
         let _ = r.force;
         let id = instance_id(&r.container_instance);
         let done = sqlx::query(
-            "UPDATE container_instances SET status = 'INACTIVE', agent_connected = 0 WHERE id = ? AND cluster = ? AND status != 'INACTIVE'",
+            "UPDATE container_instances SET status = 'INACTIVE', agent_connected = 0 WHERE id = $1 AND cluster = $2 AND status != 'INACTIVE'",
         )
         .bind(&id)
         .bind(&cluster)
@@ -381,7 +439,7 @@ impl Api {
         for want in &r.container_instances {
             let id = instance_id(want);
             let done = sqlx::query(
-                "UPDATE container_instances SET status = ? WHERE id = ? AND cluster = ? AND status != 'INACTIVE'",
+                "UPDATE container_instances SET status = $1 WHERE id = $2 AND cluster = $3 AND status != 'INACTIVE'",
             )
             .bind(&r.status)
             .bind(&id)
@@ -447,7 +505,7 @@ impl Api {
                 ApiError::InvalidParameter(format!("attribute {}: targetId is required", a.name))
             })?;
             let row: Option<(String,)> = sqlx::query_as(
-                "SELECT attributes FROM container_instances WHERE id = ? AND cluster = ? AND status != 'INACTIVE'",
+                "SELECT attributes FROM container_instances WHERE id = $1 AND cluster = $2 AND status != 'INACTIVE'",
             )
             .bind(&id)
             .bind(&cluster)
@@ -468,7 +526,7 @@ impl Api {
                     target_id: None,
                 });
             }
-            sqlx::query("UPDATE container_instances SET attributes = ? WHERE id = ?")
+            sqlx::query("UPDATE container_instances SET attributes = $1 WHERE id = $2")
                 .bind(serde_json::to_string(&attrs).expect("attributes serialize"))
                 .bind(&id)
                 .execute(&mut *tx)

@@ -6,10 +6,11 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 use crate::config::ApidConfig;
 use crate::error::ApiError;
+use crate::store::Store;
 
 mod clusters;
 mod container_instances;
@@ -23,7 +24,7 @@ pub use container_instances::{Attribute, NodeInfo};
 /// The ECS service of apid.
 #[derive(Clone, Debug)]
 pub struct Api {
-    pool: SqlitePool,
+    store: Store,
     cfg: ApidConfig,
 }
 
@@ -31,7 +32,7 @@ pub struct Api {
 pub use skiff_runtime::taskdef::Tag;
 
 /// Seconds since the epoch, as the ECS API's timestamps.
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -97,14 +98,19 @@ fn page<T>(
 }
 
 impl Api {
-    /// The service over `pool`.
-    pub fn new(pool: SqlitePool, cfg: ApidConfig) -> Self {
-        Self { pool, cfg }
+    /// The service over `store`.
+    pub fn new(store: Store, cfg: ApidConfig) -> Self {
+        Self { store, cfg }
     }
 
     /// The store.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The store's connection pool.
+    pub fn pool(&self) -> &AnyPool {
+        self.store.pool()
     }
 
     /// The settings.

@@ -31,7 +31,18 @@ pub(super) struct ListTagsForResource {
 /// Where a resource's tags are kept: the table, and the key columns with their values.
 struct Target {
     table: &'static str,
+    /// (column expression, value): values are bound as text.
     keys: Vec<(&'static str, String)>,
+}
+
+impl Target {
+    /// `key = $first AND ...`, numbering the keys' placeholders from `first`.
+    fn conditions(&self, first: usize) -> String {
+        let cond: Vec<String> = (self.keys.iter().enumerate())
+            .map(|(i, (k, _))| format!("{k} = ${}", first + i))
+            .collect();
+        cond.join(" AND ")
+    }
 }
 
 impl Api {
@@ -54,7 +65,10 @@ impl Api {
                 let (family, rev) = path.rsplit_once(':').ok_or_else(bad)?;
                 Target {
                     table: "task_definitions",
-                    keys: vec![("family", family.to_owned()), ("revision", rev.to_owned())],
+                    keys: vec![
+                        ("family", family.to_owned()),
+                        ("CAST(revision AS TEXT)", rev.to_owned()),
+                    ],
                 }
             }
             "container-instance" => Target {
@@ -66,9 +80,9 @@ impl Api {
     }
 
     async fn tags_of(&self, t: &Target) -> Result<Vec<Tag>, ApiError> {
-        let cond: Vec<String> = t.keys.iter().map(|(k, _)| format!("{k} = ?")).collect();
+        let cond = t.conditions(1);
         // Only constant table and column names are spliced in; values are bound.
-        let sql = format!("SELECT tags FROM {} WHERE {}", t.table, cond.join(" AND "));
+        let sql = format!("SELECT tags FROM {} WHERE {}", t.table, cond);
         let mut q = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
         for (_, v) in &t.keys {
             q = q.bind(v);
@@ -80,12 +94,8 @@ impl Api {
     }
 
     async fn set_tags(&self, t: &Target, tags: &[Tag]) -> Result<(), ApiError> {
-        let cond: Vec<String> = t.keys.iter().map(|(k, _)| format!("{k} = ?")).collect();
-        let sql = format!(
-            "UPDATE {} SET tags = ? WHERE {}",
-            t.table,
-            cond.join(" AND ")
-        );
+        let cond = t.conditions(2);
+        let sql = format!("UPDATE {} SET tags = $1 WHERE {}", t.table, cond);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(serde_json::to_string(tags).expect("tags serialize"));
         for (_, v) in &t.keys {

@@ -139,10 +139,10 @@ impl Api {
 
     async fn find(&self, family: &str, revision: Option<i64>) -> Result<Option<Row>, ApiError> {
         let q = match revision {
-            Some(_) => format!("SELECT {COLUMNS} WHERE family = ? AND revision = ?"),
+            Some(_) => format!("SELECT {COLUMNS} WHERE family = $1 AND revision = $2"),
             // The latest ACTIVE revision, as ECS resolves a bare family.
             None => format!(
-                "SELECT {COLUMNS} WHERE family = ? AND status = 'ACTIVE' ORDER BY revision DESC LIMIT 1"
+                "SELECT {COLUMNS} WHERE family = $1 AND status = 'ACTIVE' ORDER BY revision DESC LIMIT 1"
             ),
         };
         // Only constants are spliced into these statements; values are bound.
@@ -191,7 +191,7 @@ impl Api {
             .map_err(|e| ApiError::Client(e.to_string()))?;
         let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "INSERT INTO task_definitions (family, revision, status, body, tags, registered_at)
-             SELECT ?1, COALESCE(MAX(revision), 0) + 1, 'ACTIVE', ?2, ?3, ?4 FROM task_definitions WHERE family = ?1
+             SELECT $1, COALESCE(MAX(revision), 0) + 1, 'ACTIVE', $2, $3, $4 FROM task_definitions WHERE family = $1
              RETURNING {}",
             COLUMNS.trim_end_matches(" FROM task_definitions")
         )))
@@ -247,7 +247,7 @@ impl Api {
             }
         };
         let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT family, revision FROM task_definitions WHERE status = ? AND substr(family, 1, length(?2)) = ?2
+            "SELECT family, revision FROM task_definitions WHERE status = $1 AND substr(family, 1, length($2)) = $2
              ORDER BY family {order}, revision {order}"
         )))
         .bind(status)
@@ -272,8 +272,8 @@ impl Api {
     ) -> Result<ListTaskDefinitionFamiliesResponse, ApiError> {
         // ACTIVE: families with an active revision; INACTIVE: families with none; ALL: all.
         let having = match r.status.as_deref().unwrap_or("ACTIVE") {
-            "ACTIVE" => "HAVING SUM(status = 'ACTIVE') > 0",
-            "INACTIVE" => "HAVING SUM(status = 'ACTIVE') = 0",
+            "ACTIVE" => "HAVING SUM(CASE WHEN status = 'ACTIVE' THEN 1 ELSE 0 END) > 0",
+            "INACTIVE" => "HAVING SUM(CASE WHEN status = 'ACTIVE' THEN 1 ELSE 0 END) = 0",
             "ALL" => "",
             other => {
                 return Err(ApiError::InvalidParameter(format!(
@@ -282,7 +282,7 @@ impl Api {
             }
         };
         let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT family FROM task_definitions WHERE substr(family, 1, length(?1)) = ?1 GROUP BY family {having} ORDER BY family"
+            "SELECT family FROM task_definitions WHERE substr(family, 1, length($1)) = $1 GROUP BY family {having} ORDER BY family"
         )))
         .bind(r.family_prefix.as_deref().unwrap_or(""))
         .fetch_all(self.pool())
@@ -310,7 +310,7 @@ impl Api {
             )
         })?;
         sqlx::query(
-            "UPDATE task_definitions SET status = 'INACTIVE', deregistered_at = ? WHERE family = ? AND revision = ? AND status = 'ACTIVE'",
+            "UPDATE task_definitions SET status = 'INACTIVE', deregistered_at = $1 WHERE family = $2 AND revision = $3 AND status = 'ACTIVE'",
         )
         .bind(now())
         .bind(&family)
@@ -355,7 +355,7 @@ impl Api {
                     reason: "The specified task definition is still in ACTIVE status. Please deregister the target and try again.".into(),
                 }),
                 Some(mut row) => {
-                    sqlx::query("DELETE FROM task_definitions WHERE family = ? AND revision = ?")
+                    sqlx::query("DELETE FROM task_definitions WHERE family = $1 AND revision = $2")
                         .bind(&family)
                         .bind(revision)
                         .execute(self.pool())

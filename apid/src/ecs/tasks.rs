@@ -12,14 +12,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use skiff_runtime::taskdef::{CpuArchitecture, NetworkMode, TaskDefinition};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::container_instances::{candidate, instance_rows_on};
 use super::placement::{self, Candidate, Constraint, Needs, PlacementError, Strategy};
 use super::{Api, Failure, Tag, now, page};
 use crate::error::ApiError;
 
-/// The last statuses of a task on its way to RUNNING, as an SQL list: ECS's pending tasks.
+/// The last statuses of a task on its way to RUNNING: ECS's pending tasks.
+pub(super) const PENDING_STATUSES: [&str; 3] = ["PROVISIONING", "PENDING", "ACTIVATING"];
+/// [`PENDING_STATUSES`] as an SQL list.
 pub(super) const PENDING: &str = "('PROVISIONING', 'PENDING', 'ACTIVATING')";
 
 impl From<PlacementError> for ApiError {
@@ -176,7 +178,7 @@ struct TaskRow {
 const TASK_COLUMNS: &str = "id, cluster, container_instance, family, revision, desired_status, last_status, cpu, memory, started_by, task_group, created_at, stopping_at, stopped_reason, stop_code, version, containers, overrides, tags";
 
 impl TaskRow {
-    fn from_row(r: &SqliteRow) -> Result<Self, sqlx::Error> {
+    fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             id: r.try_get(0)?,
             cluster: r.try_get(1)?,
@@ -305,7 +307,7 @@ impl Api {
     /// Places and records `l`'s tasks in one immediate transaction; the response of RunTask
     /// and StartTask.
     async fn place_and_record(&self, l: Launch, target: Target) -> Result<Value, ApiError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.store().begin_write().await?;
         let mut all: Vec<Candidate> = instance_rows_on(&mut tx, &l.cluster)
             .await?
             .iter()
@@ -386,7 +388,7 @@ impl Api {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO tasks (id, cluster, container_instance, family, revision, desired_status, last_status,
                    cpu, memory, host_ports, started_by, task_group, created_at, containers, overrides, tags)
-                 VALUES (?, ?, ?, ?, ?, 'RUNNING', 'PROVISIONING', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, 'RUNNING', 'PROVISIONING', $6, $7, $8, $9, $10, $11, $12, $13, $14)
                  RETURNING {TASK_COLUMNS}",
             )))
             .bind(&id)
@@ -460,7 +462,7 @@ impl Api {
 
     async fn find_task(&self, cluster: &str, id: &str) -> Result<Option<TaskRow>, ApiError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE cluster = ? AND id = ?"
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE cluster = $1 AND id = $2"
         )))
         .bind(cluster)
         .bind(id)
@@ -551,9 +553,9 @@ impl Api {
         check_length(&r.reason, "reason", 255)?;
         let id = task_id(&r.task);
         sqlx::query(
-            "UPDATE tasks SET desired_status = 'STOPPED', stopping_at = ?, stopped_reason = ?,
+            "UPDATE tasks SET desired_status = 'STOPPED', stopping_at = $1, stopped_reason = $2,
                stop_code = 'UserInitiated', version = version + 1
-             WHERE cluster = ? AND id = ? AND desired_status != 'STOPPED'",
+             WHERE cluster = $3 AND id = $4 AND desired_status != 'STOPPED'",
         )
         .bind(now())
         .bind(r.reason.as_deref().unwrap_or("Task stopped by user"))
@@ -619,7 +621,7 @@ impl Api {
         // PENDING lists tasks meant to run that do not yet (desired RUNNING, not yet RUNNING).
         let rows: Vec<(String, String, String, String, Option<String>, String)> = sqlx::query_as(
             "SELECT id, container_instance, family, last_status, started_by, task_group FROM tasks
-             WHERE cluster = ? AND desired_status = ? ORDER BY created_at, id",
+             WHERE cluster = $1 AND desired_status = $2 ORDER BY created_at, id",
         )
         .bind(&cluster)
         .bind(if desired == "STOPPED" {

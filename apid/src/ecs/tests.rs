@@ -1,26 +1,19 @@
-//! The actions over a real SQLite file, without HTTP.
+//! The actions over a real store, without HTTP: each test runs on SQLite and on PostgreSQL.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
 use super::*;
-
-async fn api() -> (tempfile::TempDir, Api) {
-    let tmp = tempfile::tempdir().unwrap();
-    let pool = crate::store::open(&tmp.path().join("apid.db"))
-        .await
-        .unwrap();
-    (tmp, Api::new(pool, ApidConfig::default()))
-}
+use crate::store::Store;
+use crate::store::testing::both_stores;
 
 async fn call(api: &Api, action: &str, body: Value) -> Result<Value, ApiError> {
     api.call(action, body.to_string().as_bytes()).await
 }
 
-#[tokio::test]
-async fn clusters_create_describe_list_page_and_delete() {
-    let (_t, api) = api().await;
+async fn clusters_create_describe_list_page_and_delete(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
     let c = call(
         &api,
         "CreateCluster",
@@ -123,9 +116,8 @@ fn web(family: &str) -> Value {
     })
 }
 
-#[tokio::test]
-async fn task_definitions_register_describe_list_deregister_delete() {
-    let (_t, api) = api().await;
+async fn task_definitions_register_describe_list_deregister_delete(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
     for _ in 0..3 {
         call(&api, "RegisterTaskDefinition", web("web"))
             .await
@@ -298,9 +290,8 @@ fn node(arch: &str) -> NodeInfo {
     }
 }
 
-#[tokio::test]
-async fn container_instances_drain_attributes_and_deregister() {
-    let (_t, api) = api().await;
+async fn container_instances_drain_attributes_and_deregister(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
     let e = api
         .register_instance("edge", &node("x86_64"))
         .await
@@ -465,9 +456,8 @@ fn counts(on: &[String], ids: &[String]) -> Vec<usize> {
         .collect()
 }
 
-#[tokio::test]
-async fn run_task_places_by_strategy_constraint_architecture_and_resources() {
-    let (_t, api) = api().await;
+async fn run_task_places_by_strategy_constraint_architecture_and_resources(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
     let ids = fleet(&api, &["x86_64", "x86_64", "arm64"]).await;
     let (a, b) = (&ids[0], &ids[1]);
     // Spread over the two x86 instances: 2 and 1.
@@ -563,9 +553,8 @@ async fn run_task_places_by_strategy_constraint_architecture_and_resources() {
     );
 }
 
-#[tokio::test]
-async fn tasks_start_describe_list_and_stop() {
-    let (_t, api) = api().await;
+async fn tasks_start_describe_list_and_stop(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
     let ids = fleet(&api, &["x86_64", "x86_64"]).await;
     let r = call(
         &api,
@@ -752,9 +741,8 @@ async fn tasks_start_describe_list_and_stop() {
     assert!(matches!(e, ApiError::InvalidParameter(_)), "{e:?}");
 }
 
-#[tokio::test]
-async fn concurrent_run_tasks_never_over_commit_memory() {
-    let (_t, api) = api().await;
+async fn concurrent_run_tasks_never_over_commit_memory(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
     fleet(&api, &["x86_64"]).await;
     let mut half = web("half");
     half["containerDefinitions"][0]["memory"] = json!(500);
@@ -780,16 +768,15 @@ async fn concurrent_run_tasks_never_over_commit_memory() {
         assert!(why.iter().all(|w| w == "RESOURCE:MEMORY"), "{why:?}");
     }
     assert_eq!(placed, 7);
-    let (reserved,): (i64,) = sqlx::query_as("SELECT SUM(memory) FROM tasks")
+    let (reserved,): (i64,) = sqlx::query_as("SELECT CAST(SUM(memory) AS BIGINT) FROM tasks")
         .fetch_one(api.pool())
         .await
         .unwrap();
     assert_eq!(reserved, 3500);
 }
 
-#[tokio::test]
-async fn tags_on_clusters_task_definitions_and_instances() {
-    let (_t, api) = api().await;
+async fn tags_on_clusters_task_definitions_and_instances(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
     let c = call(&api, "CreateCluster", json!({"clusterName": "edge"}))
         .await
         .unwrap();
@@ -865,3 +852,13 @@ async fn tags_on_clusters_task_definitions_and_instances() {
         assert!(matches!(e, ApiError::InvalidParameter(_)), "{bad}: {e:?}");
     }
 }
+
+both_stores!(
+    clusters_create_describe_list_page_and_delete,
+    task_definitions_register_describe_list_deregister_delete,
+    container_instances_drain_attributes_and_deregister,
+    run_task_places_by_strategy_constraint_architecture_and_resources,
+    tasks_start_describe_list_and_stop,
+    concurrent_run_tasks_never_over_commit_memory,
+    tags_on_clusters_task_definitions_and_instances,
+);

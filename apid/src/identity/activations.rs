@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use subtle::ConstantTimeEq;
 
 /// The most registrations one activation may allow (ECS Anywhere's limit).
@@ -74,11 +74,7 @@ pub struct Activation {
     pub expired: bool,
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+use crate::ecs::now;
 
 fn hash(code: &str) -> String {
     hex::encode(Sha256::digest(code.as_bytes()))
@@ -87,7 +83,7 @@ fn hash(code: &str) -> String {
 /// Creates an activation for `cluster` (which must be active) allowing `count` registrations
 /// until `valid_for` from now.
 pub async fn create(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     cluster: &str,
     count: i64,
     valid_for: std::time::Duration,
@@ -96,7 +92,7 @@ pub async fn create(
         return Err(ActivationError::Count { count });
     }
     let found: Option<(String,)> =
-        sqlx::query_as("SELECT name FROM clusters WHERE name = ? AND status = 'ACTIVE'")
+        sqlx::query_as("SELECT name FROM clusters WHERE name = $1 AND status = 'ACTIVE'")
             .bind(cluster)
             .fetch_optional(pool)
             .await
@@ -113,7 +109,7 @@ pub async fn create(
     };
     let created = now();
     sqlx::query(
-        "INSERT INTO activations (id, cluster, code_hash, remaining, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO activations (id, cluster, code_hash, remaining, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&a.activation_id)
     .bind(cluster)
@@ -128,7 +124,7 @@ pub async fn create(
 }
 
 /// Every activation, oldest first.
-pub async fn list(pool: &SqlitePool) -> Result<Vec<Activation>, ActivationError> {
+pub async fn list(pool: &AnyPool) -> Result<Vec<Activation>, ActivationError> {
     let rows: Vec<(String, String, i64, f64)> = sqlx::query_as(
         "SELECT id, cluster, remaining, expires_at FROM activations ORDER BY created_at, id",
     )
@@ -151,8 +147,8 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<Activation>, ActivationError>
 }
 
 /// Deletes activation `id`; false if there is none.
-pub async fn delete(pool: &SqlitePool, id: &str) -> Result<bool, ActivationError> {
-    let done = sqlx::query("DELETE FROM activations WHERE id = ?")
+pub async fn delete(pool: &AnyPool, id: &str) -> Result<bool, ActivationError> {
+    let done = sqlx::query("DELETE FROM activations WHERE id = $1")
         .bind(id)
         .execute(pool)
         .await
@@ -163,9 +159,9 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<bool, ActivationError
 /// Checks `code` for activation `id` and takes one use of it; the cluster its node joins.
 /// The use is taken by one conditional `UPDATE`, so the count never goes below zero whatever
 /// races it.
-pub async fn consume(pool: &SqlitePool, id: &str, code: &str) -> Result<String, ActivationError> {
+pub async fn consume(pool: &AnyPool, id: &str, code: &str) -> Result<String, ActivationError> {
     let row: Option<(String, String)> =
-        sqlx::query_as("SELECT cluster, code_hash FROM activations WHERE id = ?")
+        sqlx::query_as("SELECT cluster, code_hash FROM activations WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await
@@ -179,7 +175,7 @@ pub async fn consume(pool: &SqlitePool, id: &str, code: &str) -> Result<String, 
     }
     let t = now();
     let taken = sqlx::query(
-        "UPDATE activations SET remaining = remaining - 1 WHERE id = ? AND remaining > 0 AND expires_at > ?",
+        "UPDATE activations SET remaining = remaining - 1 WHERE id = $1 AND remaining > 0 AND expires_at > $2",
     )
     .bind(id)
     .bind(t)
@@ -190,7 +186,7 @@ pub async fn consume(pool: &SqlitePool, id: &str, code: &str) -> Result<String, 
         return Ok(cluster);
     }
     let (remaining, expires_at): (i64, f64) =
-        sqlx::query_as("SELECT remaining, expires_at FROM activations WHERE id = ?")
+        sqlx::query_as("SELECT remaining, expires_at FROM activations WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await
@@ -206,8 +202,8 @@ pub async fn consume(pool: &SqlitePool, id: &str, code: &str) -> Result<String, 
 }
 
 /// Gives back the use [`consume`] took, when the registration failed after it.
-pub async fn give_back(pool: &SqlitePool, id: &str) -> Result<(), ActivationError> {
-    sqlx::query("UPDATE activations SET remaining = remaining + 1 WHERE id = ?")
+pub async fn give_back(pool: &AnyPool, id: &str) -> Result<(), ActivationError> {
+    sqlx::query("UPDATE activations SET remaining = remaining + 1 WHERE id = $1")
         .bind(id)
         .execute(pool)
         .await
@@ -220,19 +216,19 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::identity::ca::tests::pool;
+    use crate::store::Store;
+    use crate::store::testing::both_stores;
 
-    async fn cluster(pool: &SqlitePool, name: &str) {
-        sqlx::query("INSERT INTO clusters (name, status, created_at) VALUES (?, 'ACTIVE', 0)")
+    async fn cluster(pool: &AnyPool, name: &str) {
+        sqlx::query("INSERT INTO clusters (name, status, created_at) VALUES ($1, 'ACTIVE', 0)")
             .bind(name)
             .execute(pool)
             .await
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn codes_are_checked_counted_and_expire() {
-        let (_d, pool) = pool().await;
+    async fn codes_are_checked_counted_and_expire(store: Store) {
+        let pool = store.pool().clone();
         cluster(&pool, "edge").await;
         let a = create(&pool, "edge", 2, Duration::from_secs(3600))
             .await
@@ -281,9 +277,8 @@ mod tests {
         assert!(!delete(&pool, &old.activation_id).await.unwrap());
     }
 
-    #[tokio::test]
-    async fn an_activation_needs_a_cluster_and_a_sane_count() {
-        let (_d, pool) = pool().await;
+    async fn an_activation_needs_a_cluster_and_a_sane_count(store: Store) {
+        let pool = store.pool().clone();
         let e = create(&pool, "nope", 1, Duration::from_secs(60))
             .await
             .unwrap_err();
@@ -297,9 +292,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn racing_nodes_never_take_more_than_the_count() {
-        let (_d, pool) = pool().await;
+    async fn racing_nodes_never_take_more_than_the_count(store: Store) {
+        let pool = store.pool().clone();
         cluster(&pool, "edge").await;
         let a = create(&pool, "edge", 3, Duration::from_secs(60))
             .await
@@ -321,4 +315,10 @@ mod tests {
         }
         assert_eq!(ok, 3);
     }
+
+    both_stores!(
+        codes_are_checked_counted_and_expire,
+        an_activation_needs_a_cluster_and_a_sane_count,
+        racing_nodes_never_take_more_than_the_count,
+    );
 }

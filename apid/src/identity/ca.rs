@@ -18,7 +18,7 @@ use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, CertificateSigningRequestDer, PrivateKeyDer,
     PrivatePkcs8KeyDer,
 };
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use time::{Duration, OffsetDateTime};
 
 /// How long the CA's own certificate is valid.
@@ -90,7 +90,7 @@ fn sign_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> CaError {
 impl Ca {
     /// The CA of `pool`'s database, made now if there is none yet. Two processes racing to make
     /// it agree: the first insert wins and both read it back.
-    pub async fn load_or_create(pool: &SqlitePool) -> Result<Self, CaError> {
+    pub async fn load_or_create(pool: &AnyPool) -> Result<Self, CaError> {
         if let Some(ca) = Self::load(pool).await? {
             return Ok(ca);
         }
@@ -113,18 +113,20 @@ impl Ca {
         let cert = params
             .self_signed(&key)
             .map_err(sign_err("the CA certificate"))?;
-        sqlx::query("INSERT OR IGNORE INTO ca (id, cert_pem, key_pem) VALUES (1, ?, ?)")
-            .bind(cert.pem())
-            .bind(key.serialize_pem())
-            .execute(pool)
-            .await
-            .map_err(CaError::Store)?;
+        sqlx::query(
+            "INSERT INTO ca (id, cert_pem, key_pem) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(cert.pem())
+        .bind(key.serialize_pem())
+        .execute(pool)
+        .await
+        .map_err(CaError::Store)?;
         Ok(Self::load(pool)
             .await?
             .expect("the CA row was just written"))
     }
 
-    async fn load(pool: &SqlitePool) -> Result<Option<Self>, CaError> {
+    async fn load(pool: &AnyPool) -> Result<Option<Self>, CaError> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")
                 .fetch_optional(pool)
@@ -277,6 +279,8 @@ pub(crate) mod tests {
     use x509_parser::prelude::*;
 
     use super::*;
+    use crate::store::testing::{Guard, store};
+    use crate::store::{Backend, Store};
 
     /// A node key and its CSR, PEM.
     pub(crate) fn node_csr() -> (KeyPair, String) {
@@ -299,19 +303,17 @@ pub(crate) mod tests {
         ca.sign_node_key(csr.0, id, not_before, not_after).unwrap()
     }
 
-    pub(crate) async fn pool() -> (tempfile::TempDir, SqlitePool) {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = crate::store::open(&dir.path().join("apid.db"))
-            .await
-            .unwrap();
-        (dir, pool)
+    /// A SQLite store (the CA's queries run on PostgreSQL in the channel's tests too).
+    pub(crate) async fn pool() -> (Guard, Store) {
+        store(Backend::Sqlite).await.expect("SQLite always runs")
     }
 
     #[tokio::test]
     async fn the_ca_is_made_once_and_kept() {
-        let (_d, pool) = pool().await;
-        let a = Ca::load_or_create(&pool).await.unwrap();
-        let b = Ca::load_or_create(&pool).await.unwrap();
+        let (_d, store) = pool().await;
+        let pool = store.pool();
+        let a = Ca::load_or_create(pool).await.unwrap();
+        let b = Ca::load_or_create(pool).await.unwrap();
         assert_eq!(a.cert_pem(), b.cert_pem());
         let (_, cert) = X509Certificate::from_der(a.cert_der()).unwrap();
         assert!(cert.is_ca());
@@ -320,8 +322,9 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_node_cert_names_the_instance_allows_client_auth_only_and_has_a_random_serial() {
-        let (_d, pool) = pool().await;
-        let ca = Ca::load_or_create(&pool).await.unwrap();
+        let (_d, store) = pool().await;
+        let pool = store.pool();
+        let ca = Ca::load_or_create(pool).await.unwrap();
         let (key, csr) = node_csr();
         let a = ca
             .sign_node(Ca::parse_csr(&csr).unwrap(), "0123abcd", Duration::days(30))

@@ -16,15 +16,15 @@ use crate::identity::activations;
 use crate::identity::ca::tests::{node_cert_between, node_csr, pool};
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _dir: crate::store::testing::Guard,
     api: Api,
     ch: Arc<NodeChannel>,
     port: u16,
 }
 
 async fn fixture() -> Fixture {
-    let (dir, pool) = pool().await;
-    let api = Api::new(pool, ApidConfig::default());
+    let (dir, store) = pool().await;
+    let api = Api::new(store, ApidConfig::default());
     api.call("CreateCluster", br#"{"clusterName":"edge"}"#)
         .await
         .unwrap();

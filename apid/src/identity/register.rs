@@ -145,7 +145,7 @@ pub async fn register(api: &Api, ca: &Ca, r: RegisterRequest) -> Result<Register
         let cert = ca
             .sign_node(csr, &id, time::Duration::days(NODE_CERT_DAYS))
             .map_err(|e| format!("signing: {e}"))?;
-        sqlx::query("UPDATE container_instances SET cert_serial = ? WHERE id = ?")
+        sqlx::query("UPDATE container_instances SET cert_serial = $1 WHERE id = $2")
             .bind(&cert.serial)
             .bind(&id)
             .execute(pool)
@@ -157,7 +157,7 @@ pub async fn register(api: &Api, ca: &Ca, r: RegisterRequest) -> Result<Register
     let cert = match issued {
         Ok(cert) => cert,
         Err(detail) => {
-            let undo = sqlx::query("DELETE FROM container_instances WHERE id = ?")
+            let undo = sqlx::query("DELETE FROM container_instances WHERE id = $1")
                 .bind(&id)
                 .execute(pool)
                 .await;
