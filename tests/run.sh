@@ -21,4 +21,5 @@ step "cargo build";         cargo build --workspace
 step "cargo test";          cargo test --workspace
 step "fuzz (${FUZZ_SECONDS:=30}s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" ./images/fuzz/run.sh
+FUZZ_SECONDS="$FUZZ_SECONDS" ./apid/fuzz/run.sh
 step "all checks passed"
