@@ -50,6 +50,16 @@ pub struct ApidConfig {
     /// The DNS names and IP addresses the node channel's server certificate carries: the
     /// names nodes dial apid by.
     pub node_channel_names: Vec<String>,
+    /// The longest a node's sync is held when nothing changed, in seconds: nodes sync at
+    /// least this often, and that is their heartbeat.
+    pub heartbeat_seconds: u64,
+    /// Without a sync for this long (seconds), an instance is shown disconnected
+    /// (`agentConnected` false) and gets no new tasks.
+    pub heartbeat_timeout_seconds: u64,
+    /// Disconnected for this long (seconds), an instance's service tasks are started elsewhere
+    /// and the stale copies stopped when it returns. Its other tasks stay (a node that is only
+    /// unreachable keeps them running).
+    pub disconnect_grace_seconds: u64,
 }
 
 impl Default for ApidConfig {
@@ -61,6 +71,9 @@ impl Default for ApidConfig {
             account_id: "000000000000".into(),
             node_listen: "127.0.0.1:8461".parse().expect("a valid default address"),
             node_channel_names: vec!["localhost".into(), "127.0.0.1".into()],
+            heartbeat_seconds: 20,
+            heartbeat_timeout_seconds: 60,
+            disconnect_grace_seconds: 300,
         }
     }
 }
@@ -104,6 +117,18 @@ impl ApidConfig {
             return Err(invalid(
                 "node_channel_names: at least one name nodes dial apid by".into(),
             ));
+        }
+        if cfg.heartbeat_seconds == 0 || cfg.heartbeat_timeout_seconds <= cfg.heartbeat_seconds {
+            return Err(invalid(format!(
+                "heartbeat_timeout_seconds ({}) must exceed heartbeat_seconds ({}), which is at least 1",
+                cfg.heartbeat_timeout_seconds, cfg.heartbeat_seconds
+            )));
+        }
+        if cfg.disconnect_grace_seconds < cfg.heartbeat_timeout_seconds {
+            return Err(invalid(format!(
+                "disconnect_grace_seconds ({}) must be at least heartbeat_timeout_seconds ({})",
+                cfg.disconnect_grace_seconds, cfg.heartbeat_timeout_seconds
+            )));
         }
         Ok(cfg)
     }

@@ -14,6 +14,7 @@ pub mod ecs;
 pub mod error;
 pub mod identity;
 pub mod keys;
+pub mod nodes;
 pub mod protocol;
 pub mod sigv4;
 pub mod store;

@@ -54,16 +54,17 @@ pub enum Backend {
 const WRITE_LOCK: i64 = 0x736b_6966_6601;
 
 /// The schema, as migrations: (version, statements). Append, never edit a released one.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS clusters (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS clusters (
             name TEXT PRIMARY KEY,
             status TEXT NOT NULL,
             created_at DOUBLE PRECISION NOT NULL,
             tags TEXT NOT NULL DEFAULT '[]'
         )",
-        "CREATE TABLE IF NOT EXISTS task_definitions (
+            "CREATE TABLE IF NOT EXISTS task_definitions (
             family TEXT NOT NULL,
             revision BIGINT NOT NULL,
             status TEXT NOT NULL,
@@ -73,7 +74,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             deregistered_at DOUBLE PRECISION,
             PRIMARY KEY (family, revision)
         )",
-        "CREATE TABLE IF NOT EXISTS container_instances (
+            "CREATE TABLE IF NOT EXISTS container_instances (
             id TEXT PRIMARY KEY,
             cluster TEXT NOT NULL,
             status TEXT NOT NULL,
@@ -85,19 +86,19 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             cert_serial TEXT,
             tags TEXT NOT NULL DEFAULT '[]'
         )",
-        "CREATE TABLE IF NOT EXISTS access_keys (
+            "CREATE TABLE IF NOT EXISTS access_keys (
             id TEXT PRIMARY KEY,
             secret TEXT NOT NULL,
             created_at DOUBLE PRECISION NOT NULL,
             revoked_at DOUBLE PRECISION
         )",
-        // identity/: the cluster CA (one row) and ECS Anywhere-style activations (codes hashed).
-        "CREATE TABLE IF NOT EXISTS ca (
+            // identity/: the cluster CA (one row) and ECS Anywhere-style activations (codes hashed).
+            "CREATE TABLE IF NOT EXISTS ca (
             id BIGINT PRIMARY KEY CHECK (id = 1),
             cert_pem TEXT NOT NULL,
             key_pem TEXT NOT NULL
         )",
-        "CREATE TABLE IF NOT EXISTS activations (
+            "CREATE TABLE IF NOT EXISTS activations (
             id TEXT PRIMARY KEY,
             cluster TEXT NOT NULL,
             code_hash TEXT NOT NULL,
@@ -105,9 +106,9 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             expires_at DOUBLE PRECISION NOT NULL,
             created_at DOUBLE PRECISION NOT NULL
         )",
-        // Tasks: placed on an instance at RunTask/StartTask, reserving cpu, memory and host
-        // ports until their last status is STOPPED.
-        "CREATE TABLE IF NOT EXISTS tasks (
+            // Tasks: placed on an instance at RunTask/StartTask, reserving cpu, memory and host
+            // ports until their last status is STOPPED.
+            "CREATE TABLE IF NOT EXISTS tasks (
             id TEXT PRIMARY KEY,
             cluster TEXT NOT NULL,
             container_instance TEXT NOT NULL,
@@ -129,10 +130,77 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             overrides TEXT NOT NULL DEFAULT '{}',
             tags TEXT NOT NULL DEFAULT '[]'
         )",
-        "CREATE INDEX IF NOT EXISTS tasks_by_cluster ON tasks (cluster, last_status)",
-        "CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (container_instance, last_status)",
-    ],
-)];
+            "CREATE INDEX IF NOT EXISTS tasks_by_cluster ON tasks (cluster, last_status)",
+            "CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (container_instance, last_status)",
+        ],
+    ),
+    (
+        2,
+        &[
+            // The node channel: the version of an instance's desired state (bumped with every
+            // change to it), the last event sequence number applied from the node, its last sync.
+            "ALTER TABLE container_instances ADD COLUMN desired_version BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE container_instances ADD COLUMN acked_seq BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE container_instances ADD COLUMN last_seen DOUBLE PRECISION",
+            // What nodes report of their tasks, and which service deployment started a task.
+            "ALTER TABLE tasks ADD COLUMN health_status TEXT NOT NULL DEFAULT 'UNKNOWN'",
+            "ALTER TABLE tasks ADD COLUMN started_at DOUBLE PRECISION",
+            "ALTER TABLE tasks ADD COLUMN stopped_at DOUBLE PRECISION",
+            "ALTER TABLE tasks ADD COLUMN pull_started_at DOUBLE PRECISION",
+            "ALTER TABLE tasks ADD COLUMN pull_stopped_at DOUBLE PRECISION",
+            "ALTER TABLE tasks ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE tasks ADD COLUMN deployment TEXT",
+            "CREATE INDEX IF NOT EXISTS tasks_by_deployment ON tasks (deployment, last_status)",
+            // Every node certificate issued: deregistration revokes an instance's, and rotation
+            // revokes the older ones once the node has used its new one.
+            "CREATE TABLE IF NOT EXISTS node_certs (
+            serial TEXT PRIMARY KEY,
+            instance TEXT NOT NULL,
+            issued_at DOUBLE PRECISION NOT NULL,
+            not_after DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )",
+            "INSERT INTO node_certs (serial, instance, issued_at, not_after, revoked_at)
+           SELECT cert_serial, id, registered_at, registered_at + 30 * 86400,
+                  CASE WHEN status = 'INACTIVE' THEN registered_at END
+           FROM container_instances WHERE cert_serial IS NOT NULL",
+            // Services and their deployments (ECS's model: one PRIMARY, older ACTIVE ones being
+            // replaced, INACTIVE when done).
+            "CREATE TABLE IF NOT EXISTS services (
+            cluster TEXT NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            body TEXT NOT NULL,
+            desired_count BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            events TEXT NOT NULL DEFAULT '[]',
+            tags TEXT NOT NULL DEFAULT '[]',
+            PRIMARY KEY (cluster, name)
+        )",
+            "CREATE TABLE IF NOT EXISTS deployments (
+            id TEXT PRIMARY KEY,
+            cluster TEXT NOT NULL,
+            service TEXT NOT NULL,
+            status TEXT NOT NULL,
+            family TEXT NOT NULL,
+            revision BIGINT NOT NULL,
+            rollout_state TEXT NOT NULL,
+            rollout_reason TEXT NOT NULL,
+            failed_tasks BIGINT NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )",
+            "CREATE INDEX IF NOT EXISTS deployments_by_service ON deployments (cluster, service, status)",
+            // The scheduler's lease: one apid replica schedules at a time.
+            "CREATE TABLE IF NOT EXISTS scheduler_lease (
+            id BIGINT PRIMARY KEY CHECK (id = 1),
+            holder TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )",
+        ],
+    ),
+];
 
 /// apid's database.
 #[derive(Clone, Debug)]

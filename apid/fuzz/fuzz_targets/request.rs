@@ -42,10 +42,13 @@ fn harness() -> &'static Harness {
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        let pool = rt
-            .block_on(skiff_apid::store::open(&dir.join("apid.db")))
+        let path = dir.join("apid.db");
+        let store = rt
+            .block_on(skiff_apid::store::Store::open(
+                path.to_str().expect("a UTF-8 path"),
+            ))
             .expect("opening the store");
-        let api = Api::new(pool, ApidConfig::default());
+        let api = Api::new(store, ApidConfig::default());
         let h = Harness {
             rt,
             api,

@@ -403,18 +403,44 @@ impl Api {
         let cluster = self.active_cluster(r.cluster.as_deref()).await?;
         let _ = r.force;
         let id = instance_id(&r.container_instance);
+        // The instance, its certificates and its tasks go together: the node can no longer
+        // connect (its certificates are revoked), so its tasks are recorded stopped here; the
+        // node keeps running them, as ECS's forced deregistration leaves them orphaned.
+        let mut tx = self.store().begin_write().await?;
         let done = sqlx::query(
             "UPDATE container_instances SET status = 'INACTIVE', agent_connected = 0 WHERE id = $1 AND cluster = $2 AND status != 'INACTIVE'",
         )
         .bind(&id)
         .bind(&cluster)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(ApiError::InvalidParameter(format!(
                 "Container instance {id} not found in cluster {cluster}."
             )));
         }
+        let at = now();
+        sqlx::query(
+            "UPDATE node_certs SET revoked_at = $1 WHERE instance = $2 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET desired_status = 'STOPPED', last_status = 'STOPPED',
+               stopping_at = COALESCE(stopping_at, $1), stopped_at = $1,
+               stopped_reason = COALESCE(stopped_reason, 'Container instance deregistered'),
+               stop_code = COALESCE(stop_code, 'TaskFailedToStart'), version = version + 1
+             WHERE container_instance = $2 AND last_status != 'STOPPED'",
+        )
+        .bind(at)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        super::bump_desired(&mut tx, [id.as_str()]).await?;
+        tx.commit().await?;
+        self.changed();
         let row = self
             .instance_rows(&cluster)
             .await?
@@ -446,6 +472,9 @@ impl Api {
             .bind(&cluster)
             .execute(self.pool())
             .await?;
+            let mut conn = self.pool().acquire().await?;
+            super::bump_desired(&mut conn, [id.as_str()]).await?;
+            self.changed();
             if done.rows_affected() == 0 {
                 failures.push(Failure {
                     arn: self.instance_arn(&cluster, &id),

@@ -26,6 +26,26 @@ pub use container_instances::{Attribute, NodeInfo};
 pub struct Api {
     store: Store,
     cfg: ApidConfig,
+    /// Bumped by every change a node or the scheduler should see at once (desired state,
+    /// reported state); other replicas' changes are found by polling the store.
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// Marks desired state changed for `instances`: their version goes up, so their nodes' next
+/// (or pending) sync returns the new state.
+pub(crate) async fn bump_desired(
+    conn: &mut sqlx::AnyConnection,
+    instances: impl IntoIterator<Item = &str>,
+) -> Result<(), sqlx::Error> {
+    for id in instances {
+        sqlx::query(
+            "UPDATE container_instances SET desired_version = desired_version + 1 WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// An ECS tag: the task definition parser's own, since tags ride in the same JSON.
@@ -100,7 +120,21 @@ fn page<T>(
 impl Api {
     /// The service over `store`.
     pub fn new(store: Store, cfg: ApidConfig) -> Self {
-        Self { store, cfg }
+        Self {
+            store,
+            cfg,
+            changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Wakes whoever waits for a change (node syncs, the scheduler).
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver woken by [`Api::changed`].
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The store.
@@ -185,4 +219,4 @@ pub struct Failure {
 
 #[cfg(test)]
 #[path = "tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -105,7 +105,7 @@ fn parse_ref(s: &str) -> Result<(String, Option<i64>), ApiError> {
 }
 
 impl Api {
-    pub(super) fn task_definition_arn(&self, family: &str, revision: i64) -> String {
+    pub(crate) fn task_definition_arn(&self, family: &str, revision: i64) -> String {
         self.arn(&format!("task-definition/{family}:{revision}"))
     }
 

@@ -173,9 +173,15 @@ struct TaskRow {
     containers: String,
     overrides: String,
     tags: String,
+    health_status: String,
+    started_at: Option<f64>,
+    stopped_at: Option<f64>,
+    pull_started_at: Option<f64>,
+    pull_stopped_at: Option<f64>,
+    attachments: String,
 }
 
-const TASK_COLUMNS: &str = "id, cluster, container_instance, family, revision, desired_status, last_status, cpu, memory, started_by, task_group, created_at, stopping_at, stopped_reason, stop_code, version, containers, overrides, tags";
+const TASK_COLUMNS: &str = "id, cluster, container_instance, family, revision, desired_status, last_status, cpu, memory, started_by, task_group, created_at, stopping_at, stopped_reason, stop_code, version, containers, overrides, tags, health_status, started_at, stopped_at, pull_started_at, pull_stopped_at, attachments";
 
 impl TaskRow {
     fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -199,8 +205,45 @@ impl TaskRow {
             containers: r.try_get(16)?,
             overrides: r.try_get(17)?,
             tags: r.try_get(18)?,
+            health_status: r.try_get(19)?,
+            started_at: r.try_get(20)?,
+            stopped_at: r.try_get(21)?,
+            pull_started_at: r.try_get(22)?,
+            pull_stopped_at: r.try_get(23)?,
+            attachments: r.try_get(24)?,
         })
     }
+}
+
+/// Sets the desired status of tasks `ids` to STOPPED, saying why, and bumps their instances'
+/// desired state so their nodes stop them; tasks already desired STOPPED are left as they are.
+/// How many changed.
+pub(crate) async fn request_stop(
+    conn: &mut sqlx::AnyConnection,
+    ids: &[String],
+    reason: &str,
+    stop_code: &str,
+) -> Result<usize, sqlx::Error> {
+    let mut n = 0;
+    for id in ids {
+        let row: Option<(String,)> = sqlx::query_as(
+            "UPDATE tasks SET desired_status = 'STOPPED', stopping_at = $1, stopped_reason = $2,
+               stop_code = $3, version = version + 1
+             WHERE id = $4 AND desired_status != 'STOPPED'
+             RETURNING container_instance",
+        )
+        .bind(now())
+        .bind(reason)
+        .bind(stop_code)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((instance,)) = row {
+            super::bump_desired(conn, [instance.as_str()]).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// The id from a task id or ARN (`...:task/<cluster>/<id>`).
@@ -261,7 +304,7 @@ fn check_length(s: &Option<String>, what: &str, max: usize) -> Result<(), ApiErr
 }
 
 impl Api {
-    fn task_arn(&self, cluster: &str, id: &str) -> String {
+    pub(crate) fn task_arn(&self, cluster: &str, id: &str) -> String {
         self.arn(&format!("task/{cluster}/{id}"))
     }
 
@@ -408,8 +451,10 @@ impl Api {
             .fetch_one(&mut *tx)
             .await?;
             tasks.push(self.task(&TaskRow::from_row(&row)?, true));
+            super::bump_desired(&mut tx, [all[i].id.as_str()]).await?;
         }
         tx.commit().await?;
+        self.changed();
         Ok(json!({ "tasks": tasks, "failures": failures }))
     }
 
@@ -420,9 +465,14 @@ impl Api {
             .unwrap_or_default()
             .into_iter()
             .map(|mut c| {
+                // What the node reported of the container, else the task's state.
                 c["taskArn"] = arn.clone().into();
-                c["lastStatus"] = t.last_status.clone().into();
-                c["networkBindings"] = json!([]);
+                if c.get("lastStatus").is_none() {
+                    c["lastStatus"] = t.last_status.clone().into();
+                }
+                if c.get("networkBindings").is_none() {
+                    c["networkBindings"] = json!([]);
+                }
                 c
             })
             .collect();
@@ -441,13 +491,19 @@ impl Api {
             "launchType": "EXTERNAL",
             "version": t.version,
             "overrides": serde_json::from_str::<Value>(&t.overrides).unwrap_or_default(),
-            "attachments": [],
+            "attachments": serde_json::from_str::<Value>(&t.attachments).unwrap_or_default(),
+            "healthStatus": t.health_status,
         });
         let opt = [
             ("startedBy", t.started_by.clone().map(Value::from)),
             ("stoppingAt", t.stopping_at.map(Value::from)),
             ("stoppedReason", t.stopped_reason.clone().map(Value::from)),
             ("stopCode", t.stop_code.clone().map(Value::from)),
+            ("startedAt", t.started_at.map(Value::from)),
+            ("stoppedAt", t.stopped_at.map(Value::from)),
+            ("executionStoppedAt", t.stopped_at.map(Value::from)),
+            ("pullStartedAt", t.pull_started_at.map(Value::from)),
+            ("pullStoppedAt", t.pull_stopped_at.map(Value::from)),
         ];
         for (k, x) in opt {
             if let Some(x) = x {
@@ -552,17 +608,12 @@ impl Api {
         let cluster = self.active_cluster(r.cluster.as_deref()).await?;
         check_length(&r.reason, "reason", 255)?;
         let id = task_id(&r.task);
-        sqlx::query(
-            "UPDATE tasks SET desired_status = 'STOPPED', stopping_at = $1, stopped_reason = $2,
-               stop_code = 'UserInitiated', version = version + 1
-             WHERE cluster = $3 AND id = $4 AND desired_status != 'STOPPED'",
-        )
-        .bind(now())
-        .bind(r.reason.as_deref().unwrap_or("Task stopped by user"))
-        .bind(&cluster)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
+        let reason = r.reason.as_deref().unwrap_or("Task stopped by user");
+        let mut conn = self.pool().acquire().await?;
+        if self.find_task(&cluster, id).await?.is_some() {
+            request_stop(&mut conn, &[id.to_owned()], reason, "UserInitiated").await?;
+            self.changed();
+        }
         let t = self.find_task(&cluster, id).await?.ok_or_else(|| {
             ApiError::InvalidParameter("The referenced task was not found.".into())
         })?;

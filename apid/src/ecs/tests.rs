@@ -8,7 +8,7 @@ use super::*;
 use crate::store::Store;
 use crate::store::testing::both_stores;
 
-async fn call(api: &Api, action: &str, body: Value) -> Result<Value, ApiError> {
+pub(crate) async fn call(api: &Api, action: &str, body: Value) -> Result<Value, ApiError> {
     api.call(action, body.to_string().as_bytes()).await
 }
 
@@ -107,7 +107,7 @@ async fn clusters_create_describe_list_page_and_delete(store: Store) {
     assert!(matches!(e, ApiError::UnknownOperation(_)), "{e:?}");
 }
 
-fn web(family: &str) -> Value {
+pub(crate) fn web(family: &str) -> Value {
     json!({
         "family": family,
         "networkMode": "bridge",
@@ -415,7 +415,7 @@ async fn container_instances_drain_attributes_and_deregister(store: Store) {
 
 /// `edge` with instances of these architectures (2048 cpu, 3900 MiB each) and the `web`
 /// definition (64 MiB, no fixed port); the instance ids.
-async fn fleet(api: &Api, archs: &[&str]) -> Vec<String> {
+pub(crate) async fn fleet(api: &Api, archs: &[&str]) -> Vec<String> {
     call(api, "CreateCluster", json!({"clusterName": "edge"}))
         .await
         .unwrap();
@@ -430,7 +430,7 @@ async fn fleet(api: &Api, archs: &[&str]) -> Vec<String> {
 }
 
 /// RunTask's placed tasks' instance ids, and its failures' reasons.
-async fn run(api: &Api, body: Value) -> Result<(Vec<String>, Vec<String>), ApiError> {
+pub(crate) async fn run(api: &Api, body: Value) -> Result<(Vec<String>, Vec<String>), ApiError> {
     let r = call(api, "RunTask", body).await?;
     let on = r["tasks"]
         .as_array()

@@ -57,6 +57,8 @@ pub struct NodeCert {
     pub pem: String,
     /// Its serial number, lowercase hex (what `container_instances.cert_serial` keeps).
     pub serial: String,
+    /// When it expires, epoch seconds.
+    pub not_after: f64,
 }
 
 /// A node's certificate request whose signature verified.
@@ -239,6 +241,7 @@ impl Ca {
         Ok(NodeCert {
             pem: cert.pem(),
             serial: hex::encode(serial.to_bytes()),
+            not_after: not_after.unix_timestamp() as f64,
         })
     }
 

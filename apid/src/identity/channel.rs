@@ -45,8 +45,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::activations::ActivationError;
 use super::ca::{Ca, CaError};
-use super::register::{RegisterError, RegisterRequest, register};
+use super::register::{RegisterError, RegisterRequest, register, renew, retire_older_certs};
 use crate::ecs::Api;
+use crate::nodes::{NodeError, SyncRequest};
 
 /// Errors of the node channel.
 #[derive(Debug, thiserror::Error)]
@@ -80,15 +81,17 @@ pub struct NodeChannel {
     current: Mutex<Option<(Vec<String>, Arc<ServerConfig>)>>,
 }
 
-/// The verified client's container instance id, if the client presented a certificate.
+/// The verified client's container instance id and certificate serial, if the client
+/// presented a certificate.
 #[derive(Clone, Debug)]
-struct Peer(Option<String>);
+struct Peer(Option<(String, String)>);
 
-/// The CN of a verified client certificate: the container instance id.
-fn instance_of(cert: &CertificateDer<'_>) -> Option<String> {
+/// The CN (the container instance id) and serial of a verified client certificate.
+fn instance_of(cert: &CertificateDer<'_>) -> Option<(String, String)> {
     let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+    let id = cn.as_str().ok()?.to_owned();
+    Some((id, hex::encode(cert.raw_serial())))
 }
 
 impl NodeChannel {
@@ -107,11 +110,13 @@ impl NodeChannel {
         })
     }
 
-    /// The serials of deregistered instances' certificates.
+    /// The serials of revoked certificates that have not expired yet (an expired one is
+    /// refused anyway): deregistered instances' and those replaced by rotation.
     async fn revoked(&self) -> Result<Vec<String>, ChannelError> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT cert_serial FROM container_instances WHERE status = 'INACTIVE' AND cert_serial IS NOT NULL ORDER BY cert_serial",
+            "SELECT serial FROM node_certs WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
         )
+        .bind(crate::ecs::now())
         .fetch_all(self.api.pool())
         .await
         .map_err(ChannelError::Store)?;
@@ -152,6 +157,8 @@ impl NodeChannel {
         Router::new()
             .route("/register", post(register_route))
             .route("/v1/whoami", get(whoami))
+            .route("/v1/sync", post(sync))
+            .route("/v1/renew", post(renew_route))
             .with_state(self.clone())
     }
 
@@ -197,6 +204,12 @@ impl NodeChannel {
                         .and_then(|c| c.first())
                         .and_then(instance_of),
                 );
+                // A node's first connection with a renewed certificate ends the rotation.
+                if let Some((id, serial)) = &peer.0
+                    && let Err(e) = retire_older_certs(ch.api.pool(), id, serial).await
+                {
+                    tracing::warn!(instance = %id, error = %e, "retiring older certificates");
+                }
                 let svc = TowerToHyperService::new(router.layer(Extension(peer)));
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
@@ -246,13 +259,78 @@ async fn register_route(State(ch): State<Arc<NodeChannel>>, body: axum::body::By
     }
 }
 
+/// The answer to a node route called without a client certificate.
+fn no_certificate() -> Response {
+    refusal(
+        StatusCode::UNAUTHORIZED,
+        "this route needs the node's client certificate".into(),
+    )
+}
+
 async fn whoami(Extension(peer): Extension<Peer>) -> Response {
     match peer.0 {
-        Some(id) => Json(json!({ "containerInstanceId": id })).into_response(),
-        None => refusal(
-            StatusCode::UNAUTHORIZED,
-            "this route needs the node's client certificate".into(),
-        ),
+        Some((id, _)) => Json(json!({ "containerInstanceId": id })).into_response(),
+        None => no_certificate(),
+    }
+}
+
+async fn sync(
+    State(ch): State<Arc<NodeChannel>>,
+    Extension(peer): Extension<Peer>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some((id, _)) = peer.0 else {
+        return no_certificate();
+    };
+    let r: SyncRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")),
+    };
+    match ch.api.sync(&id, r).await {
+        Ok(done) => Json(done).into_response(),
+        Err(e @ NodeError::Deregistered { .. }) => refusal(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e @ NodeError::Invalid(_)) => refusal(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ NodeError::Store { .. }) => {
+            tracing::error!(error = %format!("{e:#}"), "node sync failed");
+            refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable; retry".into(),
+            )
+        }
+    }
+}
+
+/// `POST /v1/renew {"csr": PEM}`: certificate rotation.
+async fn renew_route(
+    State(ch): State<Arc<NodeChannel>>,
+    Extension(peer): Extension<Peer>,
+    body: axum::body::Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Renew {
+        csr: String,
+    }
+    let Some((id, _)) = peer.0 else {
+        return no_certificate();
+    };
+    let r: Renew = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")),
+    };
+    match renew(&ch.api, &ch.ca, &id, &r.csr).await {
+        Ok(done) => {
+            tracing::info!(instance = %id, "node certificate renewed");
+            Json(done).into_response()
+        }
+        Err(e @ RegisterError::Csr(_)) => refusal(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "renewal failed");
+            refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "an internal error occurred".into(),
+            )
+        }
     }
 }
 

@@ -225,6 +225,70 @@ async fn a_node_registers_then_speaks_mtls_until_deregistered() {
         .unwrap_err();
     assert!(e.to_string().contains("UnknownCA"), "{e}");
 
+    // The sync route answers the node over mTLS.
+    let (s, b) = request(
+        f.port,
+        &ca_pem,
+        Some(&me),
+        "POST",
+        "/v1/sync",
+        r#"{"version":0}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s, b["instanceStatus"].as_str()),
+        (200, Some("ACTIVE")),
+        "{b}"
+    );
+    let (s, _) = request(
+        f.port,
+        &ca_pem,
+        None,
+        "POST",
+        "/v1/sync",
+        r#"{"version":0}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 401);
+
+    // Rotation: a new certificate for a new key; the old one keeps working until the node
+    // has connected with the new one, and is revoked from then on.
+    let (key3, csr3) = node_csr();
+    let (s, renewed) = request(
+        f.port,
+        &ca_pem,
+        Some(&me),
+        "POST",
+        "/v1/renew",
+        &json!({ "csr": csr3 }).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{renewed}");
+    assert!(renewed["notAfter"].as_f64().unwrap() > 29.0 * 86400.0 + now.unix_timestamp() as f64);
+    let (s, _) = request(f.port, &ca_pem, Some(&me), "GET", "/v1/whoami", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        s, 200,
+        "the old certificate still works before the new one is used"
+    );
+    let new: Identity = (renewed["certificatePem"].as_str().unwrap().to_owned(), key3);
+    let (s, b) = request(f.port, &ca_pem, Some(&new), "GET", "/v1/whoami", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, b["containerInstanceId"].as_str()),
+        (200, Some(id.as_str()))
+    );
+    let e = request(f.port, &ca_pem, Some(&me), "GET", "/v1/whoami", "")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("CertificateRevoked"), "{e}");
+    let me = new;
+
     // Deregistered: its certificate is revoked at the next handshake.
     f.api
         .call(

@@ -16,7 +16,7 @@ use super::ca::{Ca, CaError};
 use crate::ecs::{Api, Attribute, NodeInfo};
 use crate::error::ApiError;
 
-/// How long a node certificate is valid; rotation comes before this (a later issue).
+/// How long a node certificate is valid; nodes renew it ([`renew`]) before it expires.
 pub const NODE_CERT_DAYS: i64 = 30;
 
 /// Errors of registration.
@@ -111,6 +111,88 @@ fn validate(r: &RegisterRequest) -> Result<(), RegisterError> {
     Ok(())
 }
 
+/// Records `cert` as `instance`'s current certificate, and in the list of issued ones that
+/// deregistration and rotation revoke from.
+async fn record_cert(
+    pool: &sqlx::AnyPool,
+    instance: &str,
+    cert: &super::ca::NodeCert,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO node_certs (serial, instance, issued_at, not_after) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&cert.serial)
+    .bind(instance)
+    .bind(crate::ecs::now())
+    .bind(cert.not_after)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE container_instances SET cert_serial = $1 WHERE id = $2")
+        .bind(&cert.serial)
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// A new certificate for registered `instance`, from a CSR for a key it made (the same or a
+/// new one): certificate rotation. The older certificates stay valid until the node has used
+/// the new one ([`retire_older_certs`]), so a node that never received the answer is not
+/// locked out.
+pub async fn renew(
+    api: &Api,
+    ca: &Ca,
+    instance: &str,
+    csr_pem: &str,
+) -> Result<Renewed, RegisterError> {
+    let csr = Ca::parse_csr(csr_pem).map_err(RegisterError::Csr)?;
+    let internal = |detail: String| RegisterError::Internal {
+        cluster: String::new(),
+        detail: format!("renewing the certificate of {instance}: {detail}"),
+    };
+    let cert = ca
+        .sign_node(csr, instance, time::Duration::days(NODE_CERT_DAYS))
+        .map_err(|e| internal(format!("signing: {e}")))?;
+    record_cert(api.pool(), instance, &cert)
+        .await
+        .map_err(|e| internal(format!("recording the serial: {e}")))?;
+    Ok(Renewed {
+        certificate_pem: cert.pem,
+        not_after: cert.not_after,
+    })
+}
+
+/// Revokes `instance`'s certificates older than `serial` once the node has connected with
+/// `serial` (its newest): the end of a rotation. True when any was revoked.
+pub async fn retire_older_certs(
+    pool: &sqlx::AnyPool,
+    instance: &str,
+    serial: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE node_certs SET revoked_at = $1
+         WHERE instance = $2 AND serial != $3 AND revoked_at IS NULL
+           AND issued_at < (SELECT issued_at FROM node_certs WHERE serial = $3)",
+    )
+    .bind(crate::ecs::now())
+    .bind(instance)
+    .bind(serial)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// What a renewal returns.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Renewed {
+    /// The new certificate, PEM.
+    pub certificate_pem: String,
+    /// When it expires, epoch seconds: the node renews when a third of its life is left.
+    pub not_after: f64,
+}
+
 /// Registers a node (see the module's documentation).
 pub async fn register(api: &Api, ca: &Ca, r: RegisterRequest) -> Result<Registered, RegisterError> {
     validate(&r)?;
@@ -145,10 +227,7 @@ pub async fn register(api: &Api, ca: &Ca, r: RegisterRequest) -> Result<Register
         let cert = ca
             .sign_node(csr, &id, time::Duration::days(NODE_CERT_DAYS))
             .map_err(|e| format!("signing: {e}"))?;
-        sqlx::query("UPDATE container_instances SET cert_serial = $1 WHERE id = $2")
-            .bind(&cert.serial)
-            .bind(&id)
-            .execute(pool)
+        record_cert(pool, &id, &cert)
             .await
             .map_err(|e| format!("recording the serial: {e}"))?;
         Ok(cert)

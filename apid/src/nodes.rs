@@ -1,0 +1,409 @@
+//! The node side of the control plane: what a registered node is told to run, what it reports
+//! back, and whether it is connected. The node channel ([`crate::identity::channel`]) is the
+//! HTTP adapter; this module is the protocol's meaning.
+//!
+//! **Sync.** A node calls [`Api::sync`] in a loop over its one mTLS connection (HTTP/1.1 keep-
+//! alive; the node dials out, so it works behind NAT). Each call carries the desired-state
+//! version the node holds and the node's state-change events not yet acknowledged; it returns
+//! the acknowledged sequence number and, once the desired state differs from the node's version
+//! (or after `heartbeat` seconds, whichever comes first: a long poll, as Nomad clients' blocking
+//! queries), the node's whole desired state with its new version.
+//!
+//! **Resume without loss or duplicates.** Events carry a sequence number the node assigns and
+//! keeps until acknowledged; apid applies, in one transaction, only those above the instance's
+//! `acked_seq` and records the highest. A node that reconnects after a cut (or after apid was
+//! killed) resends what was not acknowledged; what was applied is skipped. The desired state is
+//! sent whole, never as a diff, so a node that missed any number of versions converges from the
+//! next answer alone.
+//!
+//! **Heartbeats.** Every sync is one, recording `last_seen`. The scheduler marks an instance
+//! disconnected (`agentConnected` false) once `heartbeat_timeout` passes without one, and
+//! replaces its service tasks once `disconnect_grace` passes (see [`crate::scheduler`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+use crate::ecs::{Api, now};
+
+/// Errors of the node side.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The instance is deregistered (its certificate is revoked, too).
+    #[error("container instance {instance} is deregistered")]
+    Deregistered {
+        /// The instance id.
+        instance: String,
+    },
+    /// The request is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("the store, for instance {instance}")]
+    Store {
+        /// The instance id.
+        instance: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// The order of a task's last statuses: a report never moves a task backwards.
+const STATUS_ORDER: [&str; 8] = [
+    "PROVISIONING",
+    "PENDING",
+    "ACTIVATING",
+    "RUNNING",
+    "DEACTIVATING",
+    "STOPPING",
+    "DEPROVISIONING",
+    "STOPPED",
+];
+
+fn rank(status: &str) -> Option<usize> {
+    STATUS_ORDER.iter().position(|s| *s == status)
+}
+
+/// What a node sends to `POST /v1/sync`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncRequest {
+    /// The desired-state version the node holds (0 at first).
+    pub version: i64,
+    /// State changes not yet acknowledged, in the node's order.
+    #[serde(default)]
+    pub events: Vec<TaskEvent>,
+    /// How long apid may hold the answer when nothing changed, in seconds (capped by
+    /// apid's `heartbeat`); 0 answers at once.
+    #[serde(default)]
+    pub wait_seconds: u64,
+}
+
+/// One state change of a task, as the node saw it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskEvent {
+    /// The node's sequence number for this event (increasing, never reused).
+    pub seq: i64,
+    /// The task's id.
+    pub task_id: String,
+    /// Its last status (ECS's: PENDING, RUNNING, STOPPED, ...).
+    pub last_status: String,
+    /// `HEALTHY`, `UNHEALTHY` or `UNKNOWN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<String>,
+    /// Why it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_reason: Option<String>,
+    /// ECS's stop code (`EssentialContainerExited`, `TaskFailedToStart`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<String>,
+    /// When the node saw the change (epoch seconds).
+    pub at: f64,
+    /// When the image pull started and ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_started_at: Option<f64>,
+    /// See `pull_started_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_stopped_at: Option<f64>,
+    /// The task's ENI-style attachments (awsvpc), as ECS's `attachments`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<Value>,
+    /// The containers' states.
+    #[serde(default)]
+    pub containers: Vec<ContainerReport>,
+}
+
+/// A container's state in a [`TaskEvent`], in ECS `Container` field names.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerReport {
+    /// The container's name in the task definition.
+    pub name: String,
+    /// Its last status.
+    pub last_status: String,
+    /// Its exit code, once it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Why it stopped (`OutOfMemoryError: ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<String>,
+    /// Its id on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_id: Option<String>,
+    /// Host port bindings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_bindings: Option<Value>,
+    /// Addresses (awsvpc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_interfaces: Option<Value>,
+}
+
+/// What `POST /v1/sync` answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResponse {
+    /// The version of `tasks`.
+    pub version: i64,
+    /// The highest event sequence number applied: the node forgets events up to it.
+    pub acked_seq: i64,
+    /// `ACTIVE` or `DRAINING`.
+    pub instance_status: String,
+    /// How often the node must sync at least, in seconds.
+    pub heartbeat_seconds: u64,
+    /// Every task the node should hold: those to run and those to stop.
+    pub tasks: Vec<DesiredTask>,
+}
+
+/// A task as the node is told it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredTask {
+    /// The task's id.
+    pub task_id: String,
+    /// Its ARN.
+    pub task_arn: String,
+    /// `RUNNING` or `STOPPED`.
+    pub desired_status: String,
+    /// Its task definition's ARN.
+    pub task_definition_arn: String,
+    /// The task definition as registered.
+    pub task_definition: Value,
+    /// RunTask's overrides.
+    pub overrides: Value,
+    /// Who started it (`ecs-svc/<deployment>` for a service's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// Why it is to stop, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_reason: Option<String>,
+}
+
+/// Merges a report into the stored containers (ECS `Container` objects) by name.
+fn merge_containers(stored: &str, reports: &[ContainerReport]) -> String {
+    let mut containers: Vec<Value> = serde_json::from_str(stored).unwrap_or_default();
+    for r in reports {
+        let Some(c) = containers
+            .iter_mut()
+            .find(|c| c["name"] == r.name.as_str())
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        if let Value::Object(fields) = serde_json::to_value(r).expect("a report serializes") {
+            let fields: Map<String, Value> = fields;
+            for (k, v) in fields {
+                c.insert(k, v);
+            }
+        }
+    }
+    Value::from(containers).to_string()
+}
+
+impl Api {
+    /// Whether `instance` may sync: registered and not deregistered.
+    async fn instance_status(&self, instance: &str) -> Result<String, NodeError> {
+        let store = |source| NodeError::Store {
+            instance: instance.to_owned(),
+            source,
+        };
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM container_instances WHERE id = $1")
+                .bind(instance)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(store)?;
+        match row {
+            Some((s,)) if s != "INACTIVE" => Ok(s),
+            _ => Err(NodeError::Deregistered {
+                instance: instance.to_owned(),
+            }),
+        }
+    }
+
+    /// Applies `events` above the instance's acknowledged sequence number and records the
+    /// heartbeat, in one transaction; the new acknowledged number.
+    async fn apply_events(&self, instance: &str, events: &[TaskEvent]) -> Result<i64, NodeError> {
+        let store = |source| NodeError::Store {
+            instance: instance.to_owned(),
+            source,
+        };
+        let mut tx = self.store().begin_write().await.map_err(store)?;
+        let (mut acked,): (i64,) =
+            sqlx::query_as("SELECT acked_seq FROM container_instances WHERE id = $1")
+                .bind(instance)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store)?;
+        let mut changed = false;
+        let from = acked;
+        for ev in events.iter().filter(|e| e.seq > from) {
+            acked = ev.seq;
+            let Some(new_rank) = rank(&ev.last_status) else {
+                tracing::warn!(instance, task = %ev.task_id, status = %ev.last_status, "unknown task status reported; ignored");
+                continue;
+            };
+            let row = sqlx::query(
+                "SELECT last_status, containers FROM tasks WHERE id = $1 AND container_instance = $2",
+            )
+            .bind(&ev.task_id)
+            .bind(instance)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store)?;
+            let Some(row) = row else {
+                tracing::warn!(instance, task = %ev.task_id, "a report for a task this node does not hold; ignored");
+                continue;
+            };
+            let (last, containers): (String, String) = (row.get(0), row.get(1));
+            if rank(&last).is_some_and(|r| r > new_rank) {
+                continue;
+            }
+            let stopped = ev.last_status == "STOPPED";
+            sqlx::query(
+                "UPDATE tasks SET last_status = $1,
+                   desired_status = CASE WHEN $2 = 1 THEN 'STOPPED' ELSE desired_status END,
+                   health_status = COALESCE($3, health_status),
+                   started_at = CASE WHEN $1 = 'RUNNING' THEN COALESCE(started_at, $4) ELSE started_at END,
+                   stopped_at = CASE WHEN $2 = 1 THEN COALESCE(stopped_at, $4) ELSE stopped_at END,
+                   stopping_at = CASE WHEN $2 = 1 THEN COALESCE(stopping_at, $4) ELSE stopping_at END,
+                   stopped_reason = COALESCE(stopped_reason, $5),
+                   stop_code = COALESCE(stop_code, $6),
+                   pull_started_at = COALESCE($7, pull_started_at),
+                   pull_stopped_at = COALESCE($8, pull_stopped_at),
+                   attachments = COALESCE($9, attachments),
+                   containers = $10,
+                   version = version + 1
+                 WHERE id = $11",
+            )
+            .bind(&ev.last_status)
+            .bind(i64::from(stopped))
+            .bind(&ev.health_status)
+            .bind(ev.at)
+            .bind(&ev.stopped_reason)
+            .bind(&ev.stop_code)
+            .bind(ev.pull_started_at)
+            .bind(ev.pull_stopped_at)
+            .bind(ev.attachments.as_ref().map(Value::to_string))
+            .bind(merge_containers(&containers, &ev.containers))
+            .bind(&ev.task_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(store)?;
+            changed = true;
+        }
+        sqlx::query(
+            "UPDATE container_instances SET acked_seq = $1, last_seen = $2, agent_connected = 1
+             WHERE id = $3",
+        )
+        .bind(acked)
+        .bind(now())
+        .bind(instance)
+        .execute(&mut *tx)
+        .await
+        .map_err(store)?;
+        tx.commit().await.map_err(store)?;
+        if changed {
+            self.changed();
+        }
+        Ok(acked)
+    }
+
+    /// The instance's desired-state version.
+    async fn desired_version(&self, instance: &str) -> Result<i64, NodeError> {
+        let (v,): (i64,) =
+            sqlx::query_as("SELECT desired_version FROM container_instances WHERE id = $1")
+                .bind(instance)
+                .fetch_one(self.pool())
+                .await
+                .map_err(|source| NodeError::Store {
+                    instance: instance.to_owned(),
+                    source,
+                })?;
+        Ok(v)
+    }
+
+    /// The tasks `instance` should hold: every one not yet both desired and last STOPPED.
+    async fn desired_tasks(&self, instance: &str) -> Result<Vec<DesiredTask>, NodeError> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.cluster, t.desired_status, t.family, t.revision, d.body, t.overrides,
+                    t.started_by, t.stopped_reason
+             FROM tasks t LEFT JOIN task_definitions d ON d.family = t.family AND d.revision = t.revision
+             WHERE t.container_instance = $1
+               AND NOT (t.desired_status = 'STOPPED' AND t.last_status = 'STOPPED')
+             ORDER BY t.created_at, t.id",
+        )
+        .bind(instance)
+        .fetch_all(self.pool())
+        .await
+        .map_err(|source| NodeError::Store {
+            instance: instance.to_owned(),
+            source,
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let (id, cluster): (String, String) = (r.get(0), r.get(1));
+                let (family, revision): (String, i64) = (r.get(3), r.get(4));
+                let body: Option<String> = r.get(5);
+                let overrides: String = r.get(6);
+                let desired: String = r.get(2);
+                DesiredTask {
+                    task_arn: self.task_arn(&cluster, &id),
+                    task_id: id,
+                    stopped_reason: (desired == "STOPPED").then(|| r.get(8)).flatten(),
+                    desired_status: desired,
+                    task_definition_arn: self.task_definition_arn(&family, revision),
+                    task_definition: body
+                        .and_then(|b| serde_json::from_str(&b).ok())
+                        .unwrap_or(Value::Null),
+                    overrides: serde_json::from_str(&overrides).unwrap_or_default(),
+                    started_by: r.get(7),
+                }
+            })
+            .collect())
+    }
+
+    /// One sync of `instance` (see the module documentation).
+    pub async fn sync(&self, instance: &str, r: SyncRequest) -> Result<SyncResponse, NodeError> {
+        if r.events.windows(2).any(|w| w[0].seq >= w[1].seq) {
+            return Err(NodeError::Invalid(
+                "events: sequence numbers must increase".into(),
+            ));
+        }
+        self.instance_status(instance).await?;
+        let mut wake = self.subscribe();
+        let acked_seq = self.apply_events(instance, &r.events).await?;
+        let heartbeat = self.config().heartbeat_seconds;
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_secs(r.wait_seconds.min(heartbeat));
+        // Changes made by this apid wake the wait at once; other replicas' are seen by
+        // re-reading the version every second.
+        let mut version = self.desired_version(instance).await?;
+        while version == r.version && tokio::time::Instant::now() < deadline {
+            let tick = std::time::Duration::from_secs(1);
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + tick),
+                wake.changed(),
+            )
+            .await;
+            version = self.desired_version(instance).await?;
+        }
+        let instance_status = self.instance_status(instance).await?;
+        Ok(SyncResponse {
+            version,
+            acked_seq,
+            instance_status,
+            heartbeat_seconds: heartbeat,
+            tasks: self.desired_tasks(instance).await?,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "nodes_tests.rs"]
+mod tests;

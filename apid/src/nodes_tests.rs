@@ -1,0 +1,279 @@
+//! The sync protocol over a real store (both backends): desired state, events applied once,
+//! the long poll woken by a change, deregistration.
+
+use serde_json::json;
+
+use super::*;
+use crate::config::ApidConfig;
+use crate::ecs::tests::{call, fleet, run};
+use crate::store::Store;
+use crate::store::testing::both_stores;
+
+fn event(seq: i64, task: &str, status: &str) -> TaskEvent {
+    TaskEvent {
+        seq,
+        task_id: task.into(),
+        last_status: status.into(),
+        at: now(),
+        containers: vec![ContainerReport {
+            name: "web".into(),
+            last_status: status.into(),
+            exit_code: (status == "STOPPED").then_some(3),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+async fn describe(api: &Api, task: &str) -> Value {
+    let d = call(
+        api,
+        "DescribeTasks",
+        json!({"cluster": "edge", "tasks": [task]}),
+    )
+    .await
+    .unwrap();
+    d["tasks"][0].clone()
+}
+
+async fn a_node_gets_its_tasks_and_reports_them_once(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
+    let ids = fleet(&api, &["x86_64", "x86_64"]).await;
+    let node = &ids[0];
+    let first = api.sync(node, SyncRequest::default()).await.unwrap();
+    assert!(first.tasks.is_empty());
+    assert_eq!(first.instance_status, "ACTIVE");
+    let (on, _) = run(
+        &api,
+        json!({"cluster": "edge", "taskDefinition": "web", "count": 4,
+        "placementStrategy": [{"type": "spread", "field": "instanceId"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(on.iter().filter(|i| *i == node).count(), 2);
+    let s = api
+        .sync(
+            node,
+            SyncRequest {
+                version: first.version,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(s.version > first.version);
+    assert_eq!(s.tasks.len(), 2, "only this node's tasks");
+    let t = &s.tasks[0];
+    assert_eq!(t.desired_status, "RUNNING");
+    assert_eq!(t.task_definition["family"], "web");
+    // Events: applied in order, once; a resend after a lost answer changes nothing.
+    let evs = vec![
+        event(1, &t.task_id, "PENDING"),
+        event(2, &t.task_id, "RUNNING"),
+    ];
+    let r = api
+        .sync(
+            node,
+            SyncRequest {
+                version: s.version,
+                events: evs.clone(),
+                wait_seconds: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.acked_seq, 2);
+    let d = describe(&api, &t.task_id).await;
+    assert_eq!(d["lastStatus"], "RUNNING");
+    assert_eq!(d["containers"][0]["lastStatus"], "RUNNING");
+    assert!(d["startedAt"].is_number());
+    let version = d["version"].clone();
+    let r = api
+        .sync(
+            node,
+            SyncRequest {
+                version: s.version,
+                events: evs,
+                wait_seconds: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.acked_seq, 2);
+    assert_eq!(
+        describe(&api, &t.task_id).await["version"],
+        version,
+        "not applied twice"
+    );
+    // A report never moves a task backwards; events out of order are refused.
+    api.sync(
+        node,
+        SyncRequest {
+            version: s.version,
+            events: vec![event(3, &t.task_id, "PENDING")],
+            wait_seconds: 0,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(describe(&api, &t.task_id).await["lastStatus"], "RUNNING");
+    let e = api
+        .sync(
+            node,
+            SyncRequest {
+                version: 0,
+                events: vec![
+                    event(9, &t.task_id, "RUNNING"),
+                    event(8, &t.task_id, "RUNNING"),
+                ],
+                wait_seconds: 0,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("sequence"), "{e}");
+    // A report for another node's task is ignored.
+    let other = s
+        .tasks
+        .iter()
+        .map(|t| t.task_id.clone())
+        .collect::<Vec<_>>();
+    let foreign = api
+        .sync(&ids[1], SyncRequest::default())
+        .await
+        .unwrap()
+        .tasks[0]
+        .task_id
+        .clone();
+    assert!(!other.contains(&foreign));
+    api.sync(
+        node,
+        SyncRequest {
+            version: s.version,
+            events: vec![event(4, &foreign, "STOPPED")],
+            wait_seconds: 0,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(describe(&api, &foreign).await["lastStatus"], "PROVISIONING");
+    // The container exits: the task is STOPPED, desired STOPPED, its exit code kept, and it
+    // leaves the node's desired state.
+    let r = api
+        .sync(
+            node,
+            SyncRequest {
+                version: s.version,
+                events: vec![event(5, &t.task_id, "STOPPED")],
+                wait_seconds: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.tasks.len(), 1);
+    let d = describe(&api, &t.task_id).await;
+    assert_eq!(
+        (d["lastStatus"].as_str(), d["desiredStatus"].as_str()),
+        (Some("STOPPED"), Some("STOPPED"))
+    );
+    assert_eq!(d["containers"][0]["exitCode"], 3);
+}
+
+async fn a_long_poll_wakes_on_a_change_and_deregistration_ends_syncs(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
+    let ids = fleet(&api, &["x86_64"]).await;
+    let node = ids[0].clone();
+    let s = api.sync(&node, SyncRequest::default()).await.unwrap();
+    // Nothing changes: the poll returns after its wait with the same version.
+    let t0 = std::time::Instant::now();
+    let same = api
+        .sync(
+            &node,
+            SyncRequest {
+                version: s.version,
+                events: vec![],
+                wait_seconds: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.version, s.version);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(900));
+    // A RunTask while the node waits wakes it with the task.
+    let waiting = {
+        let (api, node) = (api.clone(), node.clone());
+        tokio::spawn(async move {
+            api.sync(
+                &node,
+                SyncRequest {
+                    version: s.version,
+                    events: vec![],
+                    wait_seconds: 15,
+                },
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    run(&api, json!({"cluster": "edge", "taskDefinition": "web"}))
+        .await
+        .unwrap();
+    let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("woken by the change, not by the 15 s wait")
+        .unwrap()
+        .unwrap();
+    assert_eq!(woke.tasks.len(), 1);
+    // StopTask reaches the node as desired STOPPED.
+    let task = woke.tasks[0].task_id.clone();
+    call(
+        &api,
+        "StopTask",
+        json!({"cluster": "edge", "task": task, "reason": "enough"}),
+    )
+    .await
+    .unwrap();
+    let s = api
+        .sync(
+            &node,
+            SyncRequest {
+                version: woke.version,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.tasks[0].desired_status, "STOPPED");
+    assert_eq!(s.tasks[0].stopped_reason.as_deref(), Some("enough"));
+    // Draining shows; deregistration ends the node's syncs.
+    call(
+        &api,
+        "UpdateContainerInstancesState",
+        json!({"cluster": "edge", "containerInstances": [node], "status": "DRAINING"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        api.sync(&node, SyncRequest::default())
+            .await
+            .unwrap()
+            .instance_status,
+        "DRAINING"
+    );
+    call(
+        &api,
+        "DeregisterContainerInstance",
+        json!({"cluster": "edge", "containerInstance": node, "force": true}),
+    )
+    .await
+    .unwrap();
+    let e = api.sync(&node, SyncRequest::default()).await.unwrap_err();
+    assert!(matches!(e, NodeError::Deregistered { .. }), "{e}");
+    assert_eq!(describe(&api, &task).await["lastStatus"], "STOPPED");
+}
+
+both_stores!(
+    a_node_gets_its_tasks_and_reports_them_once,
+    a_long_poll_wakes_on_a_change_and_deregistration_ends_syncs,
+);
