@@ -20,6 +20,12 @@ pub enum ApiError {
     /// The cluster does not exist (`ClusterNotFoundException`).
     #[error("Cluster not found.")]
     ClusterNotFound,
+    /// The service does not exist (`ServiceNotFoundException`).
+    #[error("Service not found.")]
+    ServiceNotFound,
+    /// The service is being deleted or deleted (`ServiceNotActiveException`).
+    #[error("Service was not ACTIVE.")]
+    ServiceNotActive,
     /// The body is not the action's JSON (`SerializationException`).
     #[error("{0}")]
     Serialization(String),
@@ -41,6 +47,8 @@ impl ApiError {
             Self::Client(_) => ("ClientException", StatusCode::BAD_REQUEST),
             Self::InvalidParameter(_) => ("InvalidParameterException", StatusCode::BAD_REQUEST),
             Self::ClusterNotFound => ("ClusterNotFoundException", StatusCode::BAD_REQUEST),
+            Self::ServiceNotFound => ("ServiceNotFoundException", StatusCode::BAD_REQUEST),
+            Self::ServiceNotActive => ("ServiceNotActiveException", StatusCode::BAD_REQUEST),
             Self::Serialization(_) => ("SerializationException", StatusCode::BAD_REQUEST),
             Self::UnknownOperation(_) => ("UnknownOperationException", StatusCode::BAD_REQUEST),
             Self::Auth(e) => (

@@ -16,5 +16,6 @@ pub mod identity;
 pub mod keys;
 pub mod nodes;
 pub mod protocol;
+pub mod scheduler;
 pub mod sigv4;
 pub mod store;

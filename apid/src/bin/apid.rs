@@ -12,6 +12,7 @@ use skiff_apid::ecs::{Api, Attribute, NodeInfo};
 use skiff_apid::identity::activations;
 use skiff_apid::identity::ca::Ca;
 use skiff_apid::identity::channel::NodeChannel;
+use skiff_apid::scheduler::Scheduler;
 use skiff_apid::store::Store;
 use skiff_apid::{keys, protocol};
 
@@ -158,14 +159,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("preparing the node channel")?;
             tracing::info!(address = %cfg.node_listen, "apid serving the node channel");
+            let scheduler = Scheduler::new(api.clone());
+            tracing::info!(holder = %scheduler.holder(), "apid scheduling while it holds the lease");
             let app = protocol::router(api);
             let ecs = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             });
-            // The ECS API ends on ctrl-c; the node channel never ends by itself.
+            // The ECS API ends on ctrl-c; the node channel and the scheduler never end by
+            // themselves.
             tokio::select! {
                 served = ecs => served.context("serving the ECS API")?,
                 never = std::sync::Arc::new(channel).serve(node_listener) => match never {},
+                never = scheduler.run() => match never {},
             }
         }
         Command::Activations { command } => match command {

@@ -97,11 +97,15 @@ pub(super) fn cluster_name(s: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
-/// Name, status, tags, then the counts of instances, running and pending tasks.
-type ClusterRow = (String, String, String, i64, i64, i64);
+/// Name, status, tags, then the counts of instances, running and pending tasks, and active
+/// services.
+type ClusterRow = (String, String, String, i64, i64, i64, i64);
 
 impl Api {
-    fn cluster(&self, (name, status, tags, instances, running, pending): ClusterRow) -> Cluster {
+    fn cluster(
+        &self,
+        (name, status, tags, instances, running, pending, services): ClusterRow,
+    ) -> Cluster {
         Cluster {
             cluster_arn: self.arn(&format!("cluster/{name}")),
             cluster_name: name,
@@ -109,7 +113,7 @@ impl Api {
             registered_container_instances_count: instances,
             running_tasks_count: running,
             pending_tasks_count: pending,
-            active_services_count: 0,
+            active_services_count: services,
             statistics: Vec::new(),
             tags: serde_json::from_str(&tags).unwrap_or_default(),
             settings: Vec::new(),
@@ -124,7 +128,8 @@ impl Api {
                 "SELECT name, status, tags,
                    (SELECT COUNT(*) FROM container_instances i WHERE i.cluster = clusters.name AND i.status != 'INACTIVE'),
                    (SELECT COUNT(*) FROM tasks t WHERE t.cluster = clusters.name AND t.last_status = 'RUNNING'),
-                   (SELECT COUNT(*) FROM tasks t WHERE t.cluster = clusters.name AND t.last_status IN {PENDING})
+                   (SELECT COUNT(*) FROM tasks t WHERE t.cluster = clusters.name AND t.last_status IN {PENDING}),
+                   (SELECT COUNT(*) FROM services s WHERE s.cluster = clusters.name AND s.status = 'ACTIVE')
                  FROM clusters WHERE name = $1"
             )))
             .bind(name)

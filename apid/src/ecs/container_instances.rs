@@ -291,8 +291,9 @@ impl Api {
             target_id: None,
         });
         sqlx::query(
-            "INSERT INTO container_instances (id, cluster, status, agent_connected, registered_at, resources, attributes, version_info)
-             VALUES ($1, $2, 'ACTIVE', 0, $3, $4, $5, $6)",
+            // Connected: the node is talking to apid right now; it stays so while it syncs.
+            "INSERT INTO container_instances (id, cluster, status, agent_connected, registered_at, resources, attributes, version_info, last_seen)
+             VALUES ($1, $2, 'ACTIVE', 1, $3, $4, $5, $6, $3)",
         )
         .bind(&id)
         .bind(&cluster)

@@ -14,7 +14,9 @@ use crate::store::Store;
 
 mod clusters;
 mod container_instances;
+mod deploy;
 mod placement;
+mod services;
 mod tags;
 mod task_definitions;
 mod tasks;
@@ -200,6 +202,11 @@ impl Api {
             "StopTask" => self.stop_task(request(body)?).await,
             "DescribeTasks" => self.describe_tasks(request(body)?).await,
             "ListTasks" => self.list_tasks(request(body)?).await,
+            "CreateService" => self.create_service(request(body)?).await,
+            "UpdateService" => self.update_service(request(body)?).await,
+            "DeleteService" => self.delete_service(request(body)?).await,
+            "DescribeServices" => self.describe_services(request(body)?).await,
+            "ListServices" => self.list_services(request(body)?).await,
             other => Err(ApiError::UnknownOperation(format!(
                 "apid does not implement the ECS action {other}"
             ))),

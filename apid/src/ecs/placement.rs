@@ -11,8 +11,8 @@
 //! instances sharing its value of an attribute), `random`. A task nothing fits becomes
 //! `failures` with ECS's reasons, one per instance and reason.
 //!
-//! Limitations: the agent's connection is not yet considered (nodes arrive with the node
-//! channel); `registeredAt` is not a supported query subject.
+//! An instance whose agent is disconnected (no sync for `heartbeat_timeout_seconds`) gets no
+//! task, as on ECS. Limitation: `registeredAt` is not a supported query subject.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,6 +198,14 @@ pub struct Placement {
 }
 
 /// Why `c` cannot take a task needing `n`, or `None` when it can.
+/// Whether every `memberOf` of `constraints` selects `c` (a DAEMON service's eligibility).
+pub fn member_of_all(c: &Candidate, constraints: &[Constraint]) -> bool {
+    constraints.iter().all(|k| match k {
+        Constraint::MemberOf(e) => e.eval(c),
+        Constraint::DistinctInstance => true,
+    })
+}
+
 fn misfit(c: &Candidate, n: &Needs, constraints: &[Constraint]) -> Option<Reason> {
     for k in constraints {
         match k {
@@ -273,7 +281,7 @@ pub fn place(
         let mut fit = Vec::new();
         let mut misfits = Vec::new();
         for (i, c) in candidates.iter().enumerate() {
-            if c.status != "ACTIVE" {
+            if c.status != "ACTIVE" || !c.agent_connected {
                 continue;
             }
             match misfit(c, needs, constraints) {

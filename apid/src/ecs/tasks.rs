@@ -31,21 +31,23 @@ impl From<PlacementError> for ApiError {
 }
 
 /// ECS `PlacementStrategy`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StrategyIn {
     #[serde(rename = "type")]
-    kind: String,
-    field: Option<String>,
+    pub(super) kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) field: Option<String>,
 }
 
 /// ECS `PlacementConstraint`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConstraintIn {
     #[serde(rename = "type")]
-    kind: String,
-    expression: Option<String>,
+    pub(super) kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) expression: Option<String>,
 }
 
 /// ECS `TaskOverride`, limited to what the node applies: containers' command and environment.
@@ -128,8 +130,8 @@ pub(super) struct ListTasks {
     max_results: Option<i64>,
 }
 
-/// What RunTask and StartTask share once the request is checked.
-struct Launch {
+/// What RunTask, StartTask and the service scheduler share once the request is checked.
+pub(super) struct Launch {
     cluster: String,
     family: String,
     revision: i64,
@@ -138,10 +140,22 @@ struct Launch {
     started_by: Option<String>,
     overrides: Overrides,
     tags: Vec<Tag>,
+    /// The service deployment that starts them, and the scheduler lease holder that must
+    /// still hold the lease when they are recorded (a fence: a scheduler that lost its lease
+    /// mid-pass places nothing).
+    deployment: Option<(String, String)>,
+}
+
+impl Launch {
+    /// The launch as `deployment`'s, by the scheduler holding the lease as `holder`.
+    pub(super) fn for_deployment(mut self, deployment: String, holder: String) -> Self {
+        self.deployment = Some((deployment, holder));
+        self
+    }
 }
 
 /// Where a launch's tasks go.
-enum Target {
+pub(super) enum Target {
     /// `count` tasks placed by strategies and constraints.
     Placed {
         count: usize,
@@ -309,7 +323,7 @@ impl Api {
     }
 
     /// Resolves and checks what RunTask and StartTask share.
-    async fn launch(
+    pub(super) async fn launch(
         &self,
         cluster: Option<&str>,
         task_definition: &str,
@@ -344,13 +358,25 @@ impl Api {
             started_by,
             overrides,
             tags,
+            deployment: None,
         })
     }
 
     /// Places and records `l`'s tasks in one immediate transaction; the response of RunTask
     /// and StartTask.
-    async fn place_and_record(&self, l: Launch, target: Target) -> Result<Value, ApiError> {
+    pub(super) async fn place_and_record(
+        &self,
+        l: Launch,
+        target: Target,
+    ) -> Result<Value, ApiError> {
         let mut tx = self.store().begin_write().await?;
+        if let Some((_, holder)) = &l.deployment
+            && !crate::scheduler::holds_lease(&mut tx, holder).await?
+        {
+            return Err(ApiError::Server(format!(
+                "the scheduler {holder} lost its lease; placing nothing"
+            )));
+        }
         let mut all: Vec<Candidate> = instance_rows_on(&mut tx, &l.cluster)
             .await?
             .iter()
@@ -430,8 +456,8 @@ impl Api {
                 .collect();
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO tasks (id, cluster, container_instance, family, revision, desired_status, last_status,
-                   cpu, memory, host_ports, started_by, task_group, created_at, containers, overrides, tags)
-                 VALUES ($1, $2, $3, $4, $5, 'RUNNING', 'PROVISIONING', $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                   cpu, memory, host_ports, started_by, task_group, created_at, containers, overrides, tags, deployment)
+                 VALUES ($1, $2, $3, $4, $5, 'RUNNING', 'PROVISIONING', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                  RETURNING {TASK_COLUMNS}",
             )))
             .bind(&id)
@@ -448,6 +474,7 @@ impl Api {
             .bind(Value::from(containers).to_string())
             .bind(serde_json::to_string(&l.overrides).expect("overrides serialize"))
             .bind(serde_json::to_string(&l.tags).expect("tags serialize"))
+            .bind(l.deployment.as_ref().map(|(d, _)| d))
             .fetch_one(&mut *tx)
             .await?;
             tasks.push(self.task(&TaskRow::from_row(&row)?, true));
