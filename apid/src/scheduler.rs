@@ -36,6 +36,8 @@ pub async fn holds_lease(
 pub struct Scheduler {
     api: Api,
     holder: String,
+    /// Whether the last [`Scheduler::lease`] held it (to log changes once).
+    holding: std::sync::atomic::AtomicBool,
 }
 
 impl Scheduler {
@@ -46,7 +48,11 @@ impl Scheduler {
             std::process::id(),
             &crate::ecs::random_id()[..8]
         );
-        Self { api, holder }
+        Self {
+            api,
+            holder,
+            holding: false.into(),
+        }
     }
 
     /// This scheduler's holder id.
@@ -80,14 +86,19 @@ impl Scheduler {
                     .bind(at + LEASE_SECONDS)
                     .execute(&mut *tx)
                     .await?;
-                if h != self.holder {
-                    tracing::info!(holder = %self.holder, previous = %h, "took the scheduling lease");
-                }
                 true
             }
             Some(_) => false,
         };
         tx.commit().await?;
+        let was = self
+            .holding
+            .swap(mine, std::sync::atomic::Ordering::Relaxed);
+        if mine && !was {
+            tracing::info!(holder = %self.holder, "took the scheduling lease");
+        } else if was && !mine {
+            tracing::warn!(holder = %self.holder, "lost the scheduling lease");
+        }
         Ok(mine)
     }
 

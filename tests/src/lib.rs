@@ -1391,22 +1391,28 @@ pub struct Apid {
 }
 
 impl Apid {
-    /// Starts one and waits until both ports accept connections.
+    /// Starts one on a SQLite store and waits until both ports accept connections.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts one with more settings (TOML lines: `database = "postgres://..."`,
+    /// `heartbeat_seconds = 2`, ...), which take precedence over the fixture's.
+    pub fn start_with(settings: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("apid-e2e-")
             .tempdir()
             .expect("tempdir");
         let (port, node_port) = (free_port(), free_port());
         let config = dir.path().join("apid.toml");
-        fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\nnode_listen = \"127.0.0.1:{node_port}\"\nnode_channel_names = [\"localhost\", \"127.0.0.1\"]\ndatabase = {:?}\n",
-                dir.path().join("apid.db")
-            ),
-        )
-        .expect("write apid.toml");
+        let mut toml = format!(
+            "listen = \"127.0.0.1:{port}\"\nnode_listen = \"127.0.0.1:{node_port}\"\nnode_channel_names = [\"localhost\", \"127.0.0.1\"]\n"
+        );
+        if !settings.contains("database =") {
+            toml.push_str(&format!("database = {:?}\n", dir.path().join("apid.db")));
+        }
+        toml.push_str(settings);
+        fs::write(&config, toml).expect("write apid.toml");
         let k: serde_json::Value =
             serde_json::from_str(&apid_admin(&config, &["keys", "create"])).expect("key JSON");
         let key = (
@@ -1509,6 +1515,130 @@ impl Apid {
     pub fn log(&self) -> String {
         fs::read_to_string(self.path("apid.log")).unwrap_or_default()
     }
+
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Creates an activation for `cluster` good for `count` nodes and writes the CA to
+    /// `ca.pem`; the activation's id and code.
+    pub fn activation(&self, cluster: &str, count: u32) -> (String, String) {
+        fs::write(self.path("ca.pem"), self.admin(&["ca-cert"])).expect("write ca.pem");
+        let a: serde_json::Value = serde_json::from_str(&self.admin(&[
+            "activations",
+            "create",
+            "--cluster",
+            cluster,
+            "--count",
+            &count.to_string(),
+            "--expires",
+            "1h",
+        ]))
+        .expect("activation JSON");
+        (
+            a["ActivationId"].as_str().unwrap_or_default().to_owned(),
+            a["ActivationCode"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+}
+
+/// Simulated nodes (`apid/tests/simnode.py`) registered with an activation and syncing with one
+/// or more apid replicas; killed on drop. See the script for the control files in `dir`.
+pub struct SimNodes {
+    /// The nodes' state directory (`node<K>/running`, `node<K>/offline`, `fail`).
+    pub dir: PathBuf,
+    /// The container instance id of each node.
+    pub ids: Vec<String>,
+    child: Child,
+}
+
+impl SimNodes {
+    /// Registers `n` nodes with `activation` at `apids[0]` (trusting its `ca.pem`) and starts
+    /// their sync loops against all of `apids`.
+    pub fn start(apids: &[&Apid], activation: &(String, String), n: usize, dir: &Path) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../apid/tests/simnode.py");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(&script);
+        for a in apids {
+            cmd.arg("--endpoint")
+                .arg(format!("https://127.0.0.1:{}", a.node_port));
+        }
+        let log = fs::File::create(dir.join("simnode.log")).expect("simnode log");
+        let mut child = cmd
+            .arg("--ca")
+            .arg(apids[0].path("ca.pem"))
+            .args(["--activation-id", &activation.0])
+            .args(["--activation-code", &activation.1])
+            .args(["--nodes", &n.to_string(), "--wait", "2"])
+            .arg("--state")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("run simnode.py");
+        let out = child.stdout.take().expect("piped");
+        let mut ids = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).take(n) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line.expect("simnode output")).expect("simnode JSON");
+            ids.push(
+                v["containerInstanceId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(
+            ids.len(),
+            n,
+            "simnode.py: {}",
+            fs::read_to_string(dir.join("simnode.log")).unwrap_or_default()
+        );
+        Self {
+            dir: dir.to_owned(),
+            ids,
+            child,
+        }
+    }
+
+    /// The tasks node `k` runs now.
+    pub fn running(&self, k: usize) -> Vec<String> {
+        fs::read_to_string(self.dir.join(format!("node{k}/running")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Cuts node `k` off (it stops syncing) or brings it back.
+    pub fn set_offline(&self, k: usize, offline: bool) {
+        let f = self.dir.join(format!("node{k}/offline"));
+        if offline {
+            fs::write(f, "").expect("write offline");
+        } else {
+            let _ = fs::remove_file(f);
+        }
+    }
+
+    /// Makes tasks of these task definitions (`family:revision`) fail to start.
+    pub fn fail(&self, task_definitions: &[&str]) {
+        fs::write(self.dir.join("fail"), task_definitions.join("\n")).expect("write fail");
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("simnode.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SimNodes {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `apid --config <config> <args>`, asserting success; its stdout.
@@ -1525,7 +1655,6 @@ fn apid_admin(config: &Path, args: &[&str]) -> String {
 
 impl Drop for Apid {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

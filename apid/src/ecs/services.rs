@@ -963,6 +963,15 @@ impl Api {
         } else {
             Vec::new()
         };
+        if daemon && eligible.len() as i64 != s.desired_count {
+            // A DAEMON service's desired count is its eligible instances', as ECS shows it.
+            sqlx::query("UPDATE services SET desired_count = $1 WHERE cluster = $2 AND name = $3")
+                .bind(eligible.len() as i64)
+                .bind(cluster)
+                .bind(name)
+                .execute(self.pool())
+                .await?;
+        }
         let dc = &s.settings.deployment_configuration;
         let cb = dc.deployment_circuit_breaker.clone().unwrap_or_default();
         let spec = Spec {

@@ -399,7 +399,48 @@ async fn draining_and_lost_nodes_have_their_tasks_replaced(store: Store) {
     assert_eq!(per.iter().sum::<usize>(), 3, "{per:?}");
 }
 
+async fn a_daemon_service_runs_one_task_per_active_node(store: Store) {
+    let mut c = Cluster::new(store, 3).await;
+    let n0 = c.nodes[0].id.clone();
+    call(
+        &c.api,
+        "UpdateContainerInstancesState",
+        json!({"cluster": "edge", "containerInstances": [n0], "status": "DRAINING"}),
+    )
+    .await
+    .unwrap();
+    call(
+        &c.api,
+        "CreateService",
+        json!({"cluster": "edge", "serviceName": "agent",
+        "taskDefinition": "web", "schedulingStrategy": "DAEMON"}),
+    )
+    .await
+    .unwrap();
+    c.settle(false).await;
+    let s = c.service("agent").await;
+    assert_eq!(
+        (s["desiredCount"].as_i64(), s["runningCount"].as_i64()),
+        (Some(2), Some(2)),
+        "{s}"
+    );
+    assert_eq!(s["deployments"][0]["rolloutState"], "COMPLETED", "{s}");
+    assert_eq!(c.running_by_node("agent").await, [0, 1, 1]);
+    // Back to ACTIVE: the node gets its task.
+    call(
+        &c.api,
+        "UpdateContainerInstancesState",
+        json!({"cluster": "edge", "containerInstances": [n0], "status": "ACTIVE"}),
+    )
+    .await
+    .unwrap();
+    c.settle(false).await;
+    assert_eq!(c.running_by_node("agent").await, [1, 1, 1]);
+    assert_eq!(c.service("agent").await["desiredCount"], 3);
+}
+
 both_stores!(
+    a_daemon_service_runs_one_task_per_active_node,
     a_replica_service_spreads_rolls_and_scales,
     failures_trip_the_circuit_breaker_and_roll_back,
     draining_and_lost_nodes_have_their_tasks_replaced,
