@@ -42,7 +42,6 @@ fn service(a: &Apid, name: &str) -> Value {
 /// Waits until `name` is steady (one deployment, running = desired) with `desired` tasks, then
 /// checks the aws CLI's waiter agrees.
 fn stable(a: &Apid, name: &str, desired: i64) -> Value {
-    let mut last = Value::Null;
     let deadline = Instant::now() + Duration::from_secs(90);
     let s = loop {
         let s = service(a, name);
@@ -53,10 +52,9 @@ fn stable(a: &Apid, name: &str, desired: i64) -> Value {
         {
             break s;
         }
-        last = s;
         assert!(
             Instant::now() < deadline,
-            "service {name} not stable at {desired}: {last:#}\n{}",
+            "service {name} not stable at {desired}: {s:#}\n{}",
             a.log()
         );
         std::thread::sleep(Duration::from_millis(250));
