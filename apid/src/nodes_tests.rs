@@ -273,7 +273,56 @@ async fn a_long_poll_wakes_on_a_change_and_deregistration_ends_syncs(store: Stor
     assert_eq!(describe(&api, &task).await["lastStatus"], "STOPPED");
 }
 
+async fn placement_sees_what_a_stop_frees_and_a_drain_takes(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
+    let ids = fleet(&api, &["x86_64"]).await;
+    // 3900 MiB and 64 MiB tasks: 60 fit (placement's snapshot is reused between these calls).
+    for _ in 0..6 {
+        let (on, why) = run(
+            &api,
+            json!({"cluster": "edge", "taskDefinition": "web", "count": 10}),
+        )
+        .await
+        .unwrap();
+        assert_eq!((on.len(), why.len()), (10, 0));
+    }
+    let (on, why) = run(&api, json!({"cluster": "edge", "taskDefinition": "web"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (on.len(), why.as_slice()),
+        (0, ["RESOURCE:MEMORY".to_owned()].as_slice())
+    );
+    // The node reports one stopped: its memory is free again.
+    let s = api.sync(&ids[0], SyncRequest::default()).await.unwrap();
+    let ev = event(1, &s.tasks[0].task_id, "STOPPED");
+    api.sync(
+        &ids[0],
+        SyncRequest {
+            version: s.version,
+            events: vec![ev],
+            wait_seconds: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let (on, _) = run(&api, json!({"cluster": "edge", "taskDefinition": "web"}))
+        .await
+        .unwrap();
+    assert_eq!(on.len(), 1);
+    // Drained (by another replica's write, as far as this snapshot knows): nothing placed.
+    sqlx::query("UPDATE container_instances SET status = 'DRAINING'")
+        .execute(api.pool())
+        .await
+        .unwrap();
+    let e = run(&api, json!({"cluster": "edge", "taskDefinition": "web"}))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("No Container Instances"), "{e}");
+}
+
 both_stores!(
+    placement_sees_what_a_stop_frees_and_a_drain_takes,
     a_node_gets_its_tasks_and_reports_them_once,
     a_long_poll_wakes_on_a_change_and_deregistration_ends_syncs,
 );

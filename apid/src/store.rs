@@ -53,7 +53,9 @@ pub enum Backend {
 /// The key of PostgreSQL's advisory lock that stands for SQLite's write lock.
 const WRITE_LOCK: i64 = 0x736b_6966_6601;
 
-/// The schema, as migrations: (version, statements). Append, never edit a released one.
+/// The schema, as migrations: (version, statements). Append, never edit a released one. A
+/// statement that starts with `-- sqlite` or `-- postgres` runs on that backend only (triggers,
+/// whose syntax differs).
 const MIGRATIONS: &[(i64, &[&str])] = &[
     (
         1,
@@ -200,6 +202,54 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         )",
         ],
     ),
+    (
+        3,
+        &[
+            // A cluster's placement generation: bumped by triggers whenever what placement
+            // reads changes (a task placed or stopped; an instance registered, drained,
+            // deregistered, connected, disconnected or given attributes), so each apid can keep
+            // the cluster's placement snapshot in memory and trust it while the generation is
+            // the same. Triggers, not call sites, so that no write path can forget it.
+            "ALTER TABLE clusters ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
+            "-- sqlite
+            CREATE TRIGGER IF NOT EXISTS placement_task_placed AFTER INSERT ON tasks
+            BEGIN UPDATE clusters SET generation = generation + 1 WHERE name = NEW.cluster; END",
+            "-- sqlite
+            CREATE TRIGGER IF NOT EXISTS placement_task_stopped AFTER UPDATE OF last_status ON tasks
+            WHEN NEW.last_status = 'STOPPED' AND OLD.last_status != 'STOPPED'
+            BEGIN UPDATE clusters SET generation = generation + 1 WHERE name = NEW.cluster; END",
+            "-- sqlite
+            CREATE TRIGGER IF NOT EXISTS placement_instance_added AFTER INSERT ON container_instances
+            BEGIN UPDATE clusters SET generation = generation + 1 WHERE name = NEW.cluster; END",
+            "-- sqlite
+            CREATE TRIGGER IF NOT EXISTS placement_instance_changed AFTER UPDATE ON container_instances
+            WHEN OLD.status != NEW.status OR OLD.agent_connected != NEW.agent_connected
+              OR OLD.attributes != NEW.attributes OR OLD.resources != NEW.resources
+            BEGIN UPDATE clusters SET generation = generation + 1 WHERE name = NEW.cluster; END",
+            "-- postgres
+            CREATE OR REPLACE FUNCTION skiff_placement_changed() RETURNS trigger AS $body$
+            BEGIN
+                UPDATE clusters SET generation = generation + 1 WHERE name = NEW.cluster;
+                RETURN NEW;
+            END
+            $body$ LANGUAGE plpgsql",
+            "-- postgres
+            CREATE TRIGGER placement_task_placed AFTER INSERT ON tasks
+            FOR EACH ROW EXECUTE FUNCTION skiff_placement_changed()",
+            "-- postgres
+            CREATE TRIGGER placement_task_stopped AFTER UPDATE OF last_status ON tasks
+            FOR EACH ROW WHEN (NEW.last_status = 'STOPPED' AND OLD.last_status != 'STOPPED')
+            EXECUTE FUNCTION skiff_placement_changed()",
+            "-- postgres
+            CREATE TRIGGER placement_instance_added AFTER INSERT ON container_instances
+            FOR EACH ROW EXECUTE FUNCTION skiff_placement_changed()",
+            "-- postgres
+            CREATE TRIGGER placement_instance_changed AFTER UPDATE ON container_instances
+            FOR EACH ROW WHEN (OLD.status != NEW.status OR OLD.agent_connected != NEW.agent_connected
+              OR OLD.attributes != NEW.attributes OR OLD.resources != NEW.resources)
+            EXECUTE FUNCTION skiff_placement_changed()",
+        ],
+    ),
 ];
 
 /// apid's database.
@@ -207,6 +257,37 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite: writers of this process queue here rather than in SQLite's busy handler, whose
+    /// sleeps with backoff make a waiting writer's latency jump (hundreds of ms under load).
+    writers: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A transaction holding the store's write lock ([`Store::begin_write`]); it derefs to the
+/// connection, as sqlx's `Transaction` does.
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _queued: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits, releasing the lock.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// `database` without a password, for messages.
@@ -259,7 +340,11 @@ impl Store {
             });
         }
         let pool = pool.connect_with(opts).await.map_err(err)?;
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            writers: Default::default(),
+        };
         store.migrate(&name).await?;
         Ok(store)
     }
@@ -290,7 +375,7 @@ impl Store {
             if done.is_some() {
                 continue;
             }
-            for stmt in statements {
+            for stmt in statements.iter().filter(|s| self.runs_here(s)) {
                 sqlx::query(*stmt)
                     .execute(&mut *tx)
                     .await
@@ -308,6 +393,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a migration statement is for this backend (see [`MIGRATIONS`]).
+    fn runs_here(&self, stmt: &str) -> bool {
+        let only = |name: &str| stmt.trim_start().starts_with(&format!("-- {name}\n"));
+        match self.backend {
+            Backend::Sqlite => !only("postgres"),
+            Backend::Postgres => !only("sqlite"),
+        }
+    }
+
     /// The connection pool.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
@@ -320,9 +414,15 @@ impl Store {
 
     /// A transaction holding the store's write lock from its first statement (see the module
     /// documentation).
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Sqlite => {
+                let queued = self.writers.clone().lock_owned().await;
+                Ok(WriteTx {
+                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _queued: Some(queued),
+                })
+            }
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 // `pg_advisory_xact_lock` returns `void`, which the Any driver cannot decode.
@@ -330,7 +430,7 @@ impl Store {
                     .bind(WRITE_LOCK)
                     .execute(&mut *tx)
                     .await?;
-                Ok(tx)
+                Ok(WriteTx { tx, _queued: None })
             }
         }
     }

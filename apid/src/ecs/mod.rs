@@ -31,7 +31,14 @@ pub struct Api {
     /// Bumped by every change a node or the scheduler should see at once (desired state,
     /// reported state); other replicas' changes are found by polling the store.
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Each cluster's placement snapshot as of its generation (see the store's migration 3):
+    /// placement reuses it while the generation is unchanged instead of reading every instance
+    /// and task again.
+    snapshots: std::sync::Arc<std::sync::Mutex<Snapshots>>,
 }
+
+/// Placement snapshots by cluster: (generation, candidates).
+type Snapshots = std::collections::HashMap<String, (i64, Vec<placement::Candidate>)>;
 
 /// Marks desired state changed for `instances`: their version goes up, so their nodes' next
 /// (or pending) sync returns the new state.
@@ -126,12 +133,27 @@ impl Api {
             store,
             cfg,
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            snapshots: Default::default(),
         }
     }
 
     /// Wakes whoever waits for a change (node syncs, the scheduler).
     pub(crate) fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Takes the cluster's placement snapshot, with its generation (put back by
+    /// [`Api::keep_snapshot`] once used; a placement that fails leaves none).
+    fn snapshot(&self, cluster: &str) -> Option<(i64, Vec<placement::Candidate>)> {
+        self.snapshots.lock().expect("not poisoned").remove(cluster)
+    }
+
+    /// Keeps `candidates` as the cluster's snapshot at `generation`.
+    fn keep_snapshot(&self, cluster: &str, generation: i64, candidates: Vec<placement::Candidate>) {
+        self.snapshots
+            .lock()
+            .expect("not poisoned")
+            .insert(cluster.to_owned(), (generation, candidates));
     }
 
     /// A receiver woken by [`Api::changed`].

@@ -260,6 +260,14 @@ pub(crate) async fn request_stop(
     Ok(n)
 }
 
+/// The cluster's placement generation (see [`super::Api::keep_snapshot`]).
+async fn generation(conn: &mut sqlx::AnyConnection, cluster: &str) -> Result<(i64,), sqlx::Error> {
+    sqlx::query_as("SELECT generation FROM clusters WHERE name = $1")
+        .bind(cluster)
+        .fetch_one(conn)
+        .await
+}
+
 /// The id from a task id or ARN (`...:task/<cluster>/<id>`).
 fn task_id(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)
@@ -377,12 +385,17 @@ impl Api {
                 "the scheduler {holder} lost its lease; placing nothing"
             )));
         }
-        let mut all: Vec<Candidate> = instance_rows_on(&mut tx, &l.cluster)
-            .await?
-            .iter()
-            .filter(|r| r.2 != "INACTIVE")
-            .map(candidate)
-            .collect();
+        let (seen,) = generation(&mut tx, &l.cluster).await?;
+        let cached = self.snapshot(&l.cluster).filter(|(g, _)| *g == seen);
+        let mut all: Vec<Candidate> = match cached {
+            Some((_, all)) => all,
+            None => instance_rows_on(&mut tx, &l.cluster)
+                .await?
+                .iter()
+                .filter(|r| r.2 != "INACTIVE")
+                .map(candidate)
+                .collect(),
+        };
         let seed = u64::from_str_radix(&super::random_id()[..16], 16).unwrap_or(1);
         let mut failures = Vec::new();
         let placed: Vec<usize> = match target {
@@ -480,7 +493,10 @@ impl Api {
             tasks.push(self.task(&TaskRow::from_row(&row)?, true));
             super::bump_desired(&mut tx, [all[i].id.as_str()]).await?;
         }
+        // The snapshot now includes these tasks: kept as of the generation their inserts made.
+        let (now_at,) = generation(&mut tx, &l.cluster).await?;
         tx.commit().await?;
+        self.keep_snapshot(&l.cluster, now_at, all);
         self.changed();
         Ok(json!({ "tasks": tasks, "failures": failures }))
     }
