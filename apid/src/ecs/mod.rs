@@ -46,14 +46,20 @@ pub(crate) async fn bump_desired(
     conn: &mut sqlx::AnyConnection,
     instances: impl IntoIterator<Item = &str>,
 ) -> Result<(), sqlx::Error> {
-    for id in instances {
-        sqlx::query(
-            "UPDATE container_instances SET desired_version = desired_version + 1 WHERE id = $1",
-        )
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    let ids: Vec<&str> = instances.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(());
     }
+    let list: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "UPDATE container_instances SET desired_version = desired_version + 1 WHERE id IN ({})",
+        list.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.execute(conn).await?;
     Ok(())
 }
 

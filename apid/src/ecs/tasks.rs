@@ -442,56 +442,63 @@ impl Api {
                 placed
             }
         };
-        let mut tasks = Vec::new();
-        for i in placed {
-            let id = super::random_id();
-            let containers: Vec<Value> = l
-                .def
-                .container_definitions
-                .iter()
-                .map(|c| {
-                    let mut v = json!({
-                        "containerArn": self.arn(&format!("container/{}/{id}/{}", l.cluster, super::random_id())),
-                        "name": c.name,
-                        "image": c.image,
-                    });
-                    for (k, x) in [
-                        ("cpu", c.cpu),
-                        ("memory", c.memory),
-                        ("memoryReservation", c.memory_reservation),
-                    ] {
-                        if let Some(x) = x {
-                            v[k] = x.to_string().into();
-                        }
-                    }
-                    v
-                })
+        // One INSERT for all the launch's tasks and one UPDATE for their instances: few round
+        // trips while the write lock is held (PostgreSQL pays one per statement).
+        const COLUMNS_IN: usize = 15;
+        let mut values = Vec::new();
+        for n in 0..placed.len() {
+            let p: Vec<String> = (1..=COLUMNS_IN)
+                .map(|k| format!("${}", n * COLUMNS_IN + k))
                 .collect();
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            values.push(format!(
+                "({}, {}, {}, {}, {}, 'RUNNING', 'PROVISIONING', {})",
+                p[0],
+                p[1],
+                p[2],
+                p[3],
+                p[4],
+                p[5..].join(", ")
+            ));
+        }
+        let mut tasks = Vec::new();
+        if !placed.is_empty() {
+            let sql = format!(
                 "INSERT INTO tasks (id, cluster, container_instance, family, revision, desired_status, last_status,
                    cpu, memory, host_ports, started_by, task_group, created_at, containers, overrides, tags, deployment)
-                 VALUES ($1, $2, $3, $4, $5, 'RUNNING', 'PROVISIONING', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                 RETURNING {TASK_COLUMNS}",
-            )))
-            .bind(&id)
-            .bind(&l.cluster)
-            .bind(&all[i].id)
-            .bind(&l.family)
-            .bind(l.revision)
-            .bind(l.needs.cpu)
-            .bind(l.needs.memory)
-            .bind(serde_json::to_string(&l.needs.ports).expect("ports serialize"))
-            .bind(&l.started_by)
-            .bind(&l.needs.group)
-            .bind(now())
-            .bind(Value::from(containers).to_string())
-            .bind(serde_json::to_string(&l.overrides).expect("overrides serialize"))
-            .bind(serde_json::to_string(&l.tags).expect("tags serialize"))
-            .bind(l.deployment.as_ref().map(|(d, _)| d))
-            .fetch_one(&mut *tx)
-            .await?;
-            tasks.push(self.task(&TaskRow::from_row(&row)?, true));
-            super::bump_desired(&mut tx, [all[i].id.as_str()]).await?;
+                 VALUES {} RETURNING {TASK_COLUMNS}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let (ports, overrides, tags) = (
+                serde_json::to_string(&l.needs.ports).expect("ports serialize"),
+                serde_json::to_string(&l.overrides).expect("overrides serialize"),
+                serde_json::to_string(&l.tags).expect("tags serialize"),
+            );
+            for &i in &placed {
+                let id = super::random_id();
+                q = q
+                    .bind(id.clone())
+                    .bind(l.cluster.clone())
+                    .bind(all[i].id.clone())
+                    .bind(l.family.clone())
+                    .bind(l.revision)
+                    .bind(l.needs.cpu)
+                    .bind(l.needs.memory)
+                    .bind(ports.clone())
+                    .bind(l.started_by.clone())
+                    .bind(l.needs.group.clone())
+                    .bind(now())
+                    .bind(self.containers_of(&l, &id))
+                    .bind(overrides.clone())
+                    .bind(tags.clone())
+                    .bind(l.deployment.as_ref().map(|(d, _)| d.clone()));
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                tasks.push(self.task(&TaskRow::from_row(&row)?, true));
+            }
+            let instances: std::collections::BTreeSet<&str> =
+                placed.iter().map(|&i| all[i].id.as_str()).collect();
+            super::bump_desired(&mut tx, instances).await?;
         }
         // The snapshot now includes these tasks: kept as of the generation their inserts made.
         let (now_at,) = generation(&mut tx, &l.cluster).await?;
@@ -499,6 +506,33 @@ impl Api {
         self.keep_snapshot(&l.cluster, now_at, all);
         self.changed();
         Ok(json!({ "tasks": tasks, "failures": failures }))
+    }
+
+    /// A new task's containers (ECS `Container` objects as recorded before any report).
+    fn containers_of(&self, l: &Launch, id: &str) -> String {
+        let containers: Vec<Value> = l
+            .def
+            .container_definitions
+            .iter()
+            .map(|c| {
+                let mut v = json!({
+                    "containerArn": self.arn(&format!("container/{}/{id}/{}", l.cluster, super::random_id())),
+                    "name": c.name,
+                    "image": c.image,
+                });
+                for (k, x) in [
+                    ("cpu", c.cpu),
+                    ("memory", c.memory),
+                    ("memoryReservation", c.memory_reservation),
+                ] {
+                    if let Some(x) = x {
+                        v[k] = x.to_string().into();
+                    }
+                }
+                v
+            })
+            .collect();
+        Value::from(containers).to_string()
     }
 
     /// ECS's `Task`.
