@@ -23,6 +23,7 @@ pub mod record;
 pub mod runner;
 pub mod seccomp;
 pub mod shim;
+pub mod sigv4;
 pub mod spec;
 pub mod stats;
 mod sys;
