@@ -26,6 +26,10 @@ pub enum ApiError {
     /// The service is being deleted or deleted (`ServiceNotActiveException`).
     #[error("Service was not ACTIVE.")]
     ServiceNotActive,
+    /// A resource a Skiff control action names does not exist (`ResourceNotFoundException`); the
+    /// message names it.
+    #[error("{0}")]
+    NotFound(String),
     /// The body is not the action's JSON (`SerializationException`).
     #[error("{0}")]
     Serialization(String),
@@ -49,6 +53,7 @@ impl ApiError {
             Self::ClusterNotFound => ("ClusterNotFoundException", StatusCode::BAD_REQUEST),
             Self::ServiceNotFound => ("ServiceNotFoundException", StatusCode::BAD_REQUEST),
             Self::ServiceNotActive => ("ServiceNotActiveException", StatusCode::BAD_REQUEST),
+            Self::NotFound(_) => ("ResourceNotFoundException", StatusCode::BAD_REQUEST),
             Self::Serialization(_) => ("SerializationException", StatusCode::BAD_REQUEST),
             Self::UnknownOperation(_) => ("UnknownOperationException", StatusCode::BAD_REQUEST),
             Self::Auth(e) => (

@@ -3,13 +3,16 @@
 //! against it with `--endpoint-url`. State lives in an embedded SQLite database.
 //!
 //! Layers: [`protocol`] (HTTP: authentication, the target header, error bodies) over [`ecs`]
-//! (the actions, typed requests and responses) over the store ([`store`], [`keys`]). Nodes join
+//! (the actions, typed requests and responses) and [`control`] (Skiff's own operator actions:
+//! activations, access keys, node certificates) over the store ([`store`], [`keys`]). Nodes join
 //! through [`identity`]: activations, registration with a CSR, and the mTLS node channel. The
-//! binary (`apid serve`, `apid keys ...`, `apid activations ...`) is a thin adapter.
+//! binary (`apid serve`, `apid keys ...`, `apid activations ...`) is a thin adapter; `skiff
+//! control` is the remote client of the same admin actions.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod ecs;
 pub mod error;
 pub mod identity;

@@ -2,7 +2,9 @@
 //! `X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Action>` and
 //! `Content-Type: application/x-amz-json-1.1`, signed with SigV4 by an access key apid issued.
 //! Every response carries an `x-amzn-RequestId`. This adapter authenticates, parses the target
-//! and hands the body to [`Api::call`]; it knows nothing of clusters or tasks.
+//! and hands the body to [`Api::call`]; it knows nothing of clusters or tasks. Skiff's own admin
+//! actions share the endpoint and keys under a second prefix, `SkiffControlV1.<Action>`, and go
+//! to [`control::call`].
 
 use std::time::SystemTime;
 
@@ -15,7 +17,7 @@ use axum::routing::post;
 
 use crate::ecs::Api;
 use crate::error::ApiError;
-use crate::{keys, sigv4};
+use crate::{control, keys, sigv4};
 
 /// The AWS JSON 1.1 content type.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -76,12 +78,18 @@ async fn serve(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<serde_json::Value, ApiError> {
-    authenticate(api, method, uri, headers, body).await?;
-    let action = target(headers)
-        .and_then(|t| t.strip_prefix(TARGET_PREFIX))
-        .ok_or_else(|| {
-            ApiError::UnknownOperation(format!("X-Amz-Target must be {TARGET_PREFIX}<Action>"))
-        })?;
+    let caller = authenticate(api, method, uri, headers, body).await?;
+    let target = target(headers).unwrap_or("");
+    let (ecs, action) = if let Some(action) = target.strip_prefix(TARGET_PREFIX) {
+        (true, action)
+    } else if let Some(action) = target.strip_prefix(control::TARGET_PREFIX) {
+        (false, action)
+    } else {
+        return Err(ApiError::UnknownOperation(format!(
+            "X-Amz-Target must be {TARGET_PREFIX}<Action> or {}<Action>",
+            control::TARGET_PREFIX
+        )));
+    };
     let ct = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -91,7 +99,11 @@ async fn serve(
             "Content-Type must be {CONTENT_TYPE}, not {ct:?}"
         )));
     }
-    api.call(action, body).await
+    if ecs {
+        api.call(action, body).await
+    } else {
+        control::call(api, &caller, action, body).await
+    }
 }
 
 async fn authenticate(
@@ -100,7 +112,7 @@ async fn authenticate(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let auth = sigv4::parse_authorization(headers)?;
     let secret = keys::secret(api.pool(), &auth.access_key_id)
         .await?
@@ -120,5 +132,5 @@ async fn authenticate(
         &api.config().region,
         SERVICE,
     )?;
-    Ok(())
+    Ok(auth.access_key_id)
 }

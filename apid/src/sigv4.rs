@@ -28,6 +28,10 @@
 //! SigV4a; S3's path and chunked-payload rules. As with AWS, a captured request can be replayed
 //! within the skew window: TLS is what keeps it from being captured.
 //!
+//! The canonical request, the string to sign and the signing key are `skiff_runtime::sigv4`'s,
+//! the same code that signs `skiff control`'s requests; this module adds what only a verifier
+//! needs: parsing, the rules above, and the comparison.
+//!
 //! Finding the secret is the caller's job: [`parse_authorization`] yields the access key id, the
 //! caller looks its secret up (answering UnrecognizedClient for an unknown or revoked key) and
 //! calls [`verify`].
@@ -36,8 +40,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::header::{AUTHORIZATION, DATE, HOST};
 use axum::http::{HeaderMap, HeaderName};
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use skiff_runtime::sigv4::{
+    ALGORITHM, Scope, TERMINATOR, X_AMZ_CONTENT_SHA256, X_AMZ_DATE, civil_from_days, format_basic,
+    signature,
+};
 use subtle::ConstantTimeEq;
 
 /// The parts of a request that SigV4 covers.
@@ -102,13 +109,9 @@ impl SigV4Error {
     }
 }
 
-const ALGORITHM: &str = "AWS4-HMAC-SHA256";
-const TERMINATOR: &str = "aws4_request";
 /// The clock skew AWS tolerates either way.
 const MAX_SKEW_SECS: i64 = 15 * 60;
-const X_AMZ_DATE: &str = "x-amz-date";
 const X_AMZ_TARGET: &str = "x-amz-target";
-const X_AMZ_CONTENT_SHA256: &str = "x-amz-content-sha256";
 const X_AMZ_SECURITY_TOKEN: &str = "x-amz-security-token";
 const SIGNATURE_MISMATCH: &str = "The request signature we calculated does not match the signature \
                                   you provided. Check your AWS Secret Access Key and signing method.";
@@ -376,151 +379,26 @@ fn payload_hash(req: &Request<'_>) -> Result<String, SigV4Error> {
     }
 }
 
-/// The canonical request, in bytes since header values need not be UTF-8.
+/// The canonical request of `req` (see [`skiff_runtime::sigv4::canonical_request`]).
 fn canonical_request(req: &Request<'_>, signed_headers: &[String], payload_hash: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    for line in [
+    skiff_runtime::sigv4::canonical_request(
         req.method,
-        &canonical_uri(req.path),
-        &canonical_query(req.query),
-    ] {
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    for name in signed_headers {
-        out.extend_from_slice(name.as_bytes());
-        out.push(b':');
-        for (i, value) in req.headers.get_all(name.as_str()).iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let words = value.as_bytes().split(u8::is_ascii_whitespace);
-            for (j, word) in words.filter(|word| !word.is_empty()).enumerate() {
-                if j > 0 {
-                    out.push(b' ');
-                }
-                out.extend_from_slice(word);
-            }
-        }
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    out.extend_from_slice(signed_headers.join(";").as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(payload_hash.as_bytes());
-    out
-}
-
-/// The path with `.`, `..` and empty segments resolved (as botocore and the SDKs do), each
-/// segment URI-encoded as received: for services other than S3 an already-encoded path is thus
-/// encoded twice, as SigV4 specifies.
-fn canonical_uri(path: &str) -> String {
-    let mut segments = Vec::new();
-    for segment in path.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            segment => segments.push(segment),
-        }
-    }
-    let mut out = String::with_capacity(path.len() + 1);
-    for segment in &segments {
-        out.push('/');
-        uri_encode(segment.as_bytes(), &mut out);
-    }
-    if out.is_empty() || path.ends_with('/') {
-        out.push('/');
-    }
-    out
-}
-
-/// The query's `name=value` pairs decoded, re-encoded and sorted by name, then value.
-fn canonical_query(query: &str) -> String {
-    let reencode = |component: &str| {
-        let mut out = String::with_capacity(component.len());
-        uri_encode(&percent_decode(component.as_bytes()), &mut out);
-        out
-    };
-    let mut pairs: Vec<_> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (reencode(name), reencode(value))
-        })
-        .collect();
-    pairs.sort_unstable();
-    let pairs: Vec<_> = pairs
-        .iter()
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect();
-    pairs.join("&")
-}
-
-/// SigV4's URI encoding: everything but `A-Za-z0-9-_.~` as `%XX`, upper-case.
-fn uri_encode(bytes: &[u8], out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &byte in bytes {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
-    }
-}
-
-/// `%XX` decoded; a `%` not followed by two hex digits is kept as it is.
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
-    let hex = |byte: u8| {
-        char::from(byte)
-            .to_digit(16)
-            .and_then(|digit| u8::try_from(digit).ok())
-    };
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut rest = bytes;
-    while let Some((&byte, tail)) = rest.split_first() {
-        match tail {
-            [high, low, after @ ..] if byte == b'%' => match (hex(*high), hex(*low)) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    rest = after;
-                    continue;
-                }
-                _ => out.push(byte),
-            },
-            _ => out.push(byte),
-        }
-        rest = tail;
-    }
-    out
+        req.path,
+        req.query,
+        req.headers,
+        signed_headers,
+        payload_hash,
+    )
 }
 
 /// The hex signature of `canonical` under `secret` for `auth`'s scope at `amz_date`.
 fn sign(canonical: &[u8], auth: &Authorization, secret: &str, amz_date: &str) -> String {
-    let scope = format!(
-        "{}/{}/{}/{TERMINATOR}",
-        auth.date, auth.region, auth.service
-    );
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical))
-    );
-    let signing_key = [&auth.date, &auth.region, &auth.service, TERMINATOR]
-        .into_iter()
-        .fold(format!("AWS4{secret}").into_bytes(), |key, part| {
-            hmac_sha256(&key, part.as_bytes())
-        });
-    hex::encode(hmac_sha256(&signing_key, string_to_sign.as_bytes()))
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
+    let scope = Scope {
+        date: &auth.date,
+        region: &auth.region,
+        service: &auth.service,
+    };
+    signature(canonical, scope, secret, amz_date)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
@@ -531,24 +409,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
-}
-
-/// The inverse of [`days_from_civil`]: (year, month, day).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    (year_of_era + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// Unix seconds of a UTC date and time, or `None` if it does not exist (31 April, 61 seconds).
@@ -562,18 +422,6 @@ fn unix_from_civil(date: (i64, i64, i64), hour: i64, minute: i64, second: i64) -
     let days = days_from_civil(year, month, day);
     (in_range && civil_from_days(days) == date)
         .then_some(days * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// `YYYYMMDDTHHMMSSZ`.
-fn format_basic(unix: i64) -> String {
-    let (year, month, day) = civil_from_days(unix.div_euclid(86_400));
-    let second = unix.rem_euclid(86_400);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        second / 3600,
-        second / 60 % 60,
-        second % 60
-    )
 }
 
 /// A run of exactly `len` ASCII digits.

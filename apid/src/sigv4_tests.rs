@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
+use skiff_runtime::sigv4::{canonical_query, canonical_uri};
 
 use super::*;
 

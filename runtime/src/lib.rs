@@ -1,8 +1,9 @@
 //! skiffd, the node runtime: ECS task definitions as users register them, validated; the task
 //! lifecycle as one explicit state machine; OCI specs, cgroups, seccomp, logs and the per-container
 //! shim; the daemon that supervises tasks (`daemon`, `runner`, `provision`) behind a local API
-//! (`api`, `client`); and the ECS task metadata endpoint that tasks query (`metadata`). The
-//! binaries (`skiffd`, `skiff`, `skiff-shim`) are thin adapters.
+//! (`api`, `client`); the ECS task metadata endpoint that tasks query (`metadata`); and the
+//! operator's client of apid (`control`, signing with `sigv4`). The binaries (`skiffd`, `skiff`,
+//! `skiff-shim`) are thin adapters.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -11,6 +12,7 @@ pub mod cgroups;
 pub mod client;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod daemon;
 pub mod ipcns;
 pub mod lifecycle;
@@ -23,6 +25,7 @@ pub mod record;
 pub mod runner;
 pub mod seccomp;
 pub mod shim;
+pub mod sigv4;
 pub mod spec;
 pub mod stats;
 mod sys;

@@ -1,7 +1,8 @@
 //! apid: `apid serve` runs the control plane's ECS API and the node channel; `apid keys
 //! create|revoke|list` manages the access keys operators sign requests with; `apid activations
 //! create|list|delete` the activations nodes register with; `apid ca-cert` prints the cluster CA
-//! that nodes' installs trust. A thin adapter over the skiff_apid library.
+//! that nodes' installs trust. A thin adapter over the skiff_apid library. Once the first key
+//! exists, `skiff control ...` does the same remotely over the operator API.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ use skiff_apid::identity::channel::NodeChannel;
 use skiff_apid::scheduler::Scheduler;
 use skiff_apid::store::Store;
 use skiff_apid::{keys, protocol};
+use skiff_runtime::control::ActivationArgs;
 
 #[derive(Parser)]
 #[command(
@@ -57,17 +59,7 @@ enum Command {
 #[derive(Subcommand)]
 enum ActivationsCommand {
     /// Creates an activation and prints its id and code (JSON); the code is shown only now.
-    Create {
-        /// The cluster its nodes join.
-        #[arg(long)]
-        cluster: String,
-        /// How many nodes may register with it.
-        #[arg(long, default_value_t = 1)]
-        count: i64,
-        /// How long it is valid (`24h`, `30m`, `7days`).
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-        expires: std::time::Duration,
-    },
+    Create(ActivationArgs),
     /// Lists activations (without codes), JSON.
     List,
     /// Deletes an activation.
@@ -174,11 +166,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Activations { command } => match command {
-            ActivationsCommand::Create {
+            ActivationsCommand::Create(ActivationArgs {
                 cluster,
                 count,
                 expires,
-            } => {
+            }) => {
                 let a = activations::create(&pool, &cluster, count, expires)
                     .await
                     .context("creating an activation")?;

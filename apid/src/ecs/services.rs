@@ -866,7 +866,7 @@ impl Api {
     }
 
     /// One scheduling pass over every service not yet INACTIVE: replaces, starts and stops
-    /// tasks as [`deploy::plan`] decides. Errors of one service are logged and do not stop
+    /// tasks as the service planner (`ecs::deploy`) decides. Errors of one service are logged and do not stop
     /// the others.
     pub async fn reconcile_services(&self, holder: &str) -> Result<(), ApiError> {
         let services: Vec<(String, String)> = sqlx::query_as(

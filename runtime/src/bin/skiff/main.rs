@@ -1,7 +1,9 @@
 //! `skiff`: the node-local command line. Images are handled in-process on the store
-//! (`skiff image ...`); tasks, logs and exec go through skiffd's local API. Thin by design: it
+//! (`skiff image ...`); tasks, logs and exec go through skiffd's local API; `skiff control ...`
+//! talks to apid's operator API (admin actions and views of the cluster). Thin by design: it
 //! parses arguments, renders results, and maps errors to one line and a non-zero exit.
 
+mod control;
 mod image;
 mod task;
 
@@ -59,6 +61,13 @@ enum Command {
         #[command(flatten)]
         args: task::ExecArgs,
     },
+    /// Administer apid and view its clusters (over its operator API, signed with an access key).
+    Control {
+        #[command(flatten)]
+        endpoint: control::Endpoint,
+        #[command(subcommand)]
+        command: control::ControlCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::Logs { api, args } => task::logs(&api, args).map(|()| 0),
         Command::Exec { api, args } => task::exec(&api, args),
         Command::Stats { api, args } => task::stats(&api, args).map(|()| 0),
+        Command::Control { endpoint, command } => control::run(&endpoint, command).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),
