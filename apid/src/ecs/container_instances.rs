@@ -4,6 +4,8 @@
 //! registration ([`Api::register_instance`]), with their resources and attributes
 //! (`ecs.cpu-architecture`, `ecs.os-type`, custom ones).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -241,7 +243,13 @@ pub(super) fn candidate(r: &Row) -> Candidate {
         cpu: int("CPU") - r.10,
         memory: int("MEMORY") - r.11,
         ports: registered_ports.chain(task_ports).collect(),
-        groups: serde_json::from_str(&r.13).unwrap_or_default(),
+        groups: serde_json::from_str::<Vec<String>>(&r.13)
+            .unwrap_or_default()
+            .into_iter()
+            .fold(BTreeMap::new(), |mut m, g| {
+                *m.entry(g).or_default() += 1;
+                m
+            }),
     }
 }
 

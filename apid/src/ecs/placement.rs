@@ -59,8 +59,8 @@ pub struct Candidate {
     pub memory: i64,
     /// Host ports taken (by the node or its tasks).
     pub ports: BTreeSet<u16>,
-    /// The groups of the tasks it hosts, one entry per task.
-    pub groups: Vec<String>,
+    /// The groups of the tasks it hosts, with how many tasks of each.
+    pub groups: BTreeMap<String, i64>,
 }
 
 /// What one task needs.
@@ -210,7 +210,7 @@ fn misfit(c: &Candidate, n: &Needs, constraints: &[Constraint]) -> Option<Reason
     for k in constraints {
         match k {
             Constraint::MemberOf(e) if !e.eval(c) => return Some(Reason::MemberOf),
-            Constraint::DistinctInstance if c.groups.contains(&n.group) => {
+            Constraint::DistinctInstance if c.groups.contains_key(&n.group) => {
                 return Some(Reason::DistinctInstance);
             }
             _ => {}
@@ -238,7 +238,7 @@ fn misfit(c: &Candidate, n: &Needs, constraints: &[Constraint]) -> Option<Reason
 
 /// How many tasks of `group` `c` hosts.
 fn in_group(c: &Candidate, group: &str) -> i64 {
-    c.groups.iter().filter(|g| *g == group).count() as i64
+    c.groups.get(group).copied().unwrap_or(0)
 }
 
 /// For `spread` by an attribute: how many tasks of `group` the instances with each value of
@@ -256,6 +256,9 @@ fn spread_counts<'a>(
     }
     out
 }
+
+/// The most strategies a placement chains (ECS's limit).
+pub const MAX_STRATEGIES: usize = 5;
 
 /// A small deterministic generator (xorshift64*) for `random`, seeded by the caller.
 fn next_random(state: &mut u64) -> u64 {
@@ -277,47 +280,48 @@ pub fn place(
 ) -> Placement {
     let mut out = Placement::default();
     let mut rng = seed | 1;
+    let usable = |c: &Candidate| c.status == "ACTIVE" && c.agent_connected;
     for _ in 0..count {
-        let mut fit = Vec::new();
-        let mut misfits = Vec::new();
+        // One pass: each instance that fits gets one key per strategy, and the least key wins,
+        // the strategies in order as tie-breakers (no allocation per instance: placement is
+        // linear in the instances, per task, under the store's write lock).
+        let spread: Vec<_> = strategies
+            .iter()
+            .map(|s| spread_counts(candidates, s, &needs.group))
+            .collect();
+        let mut best: Option<([i64; MAX_STRATEGIES], usize)> = None;
         for (i, c) in candidates.iter().enumerate() {
-            if c.status != "ACTIVE" || !c.agent_connected {
+            if !usable(c) || misfit(c, needs, constraints).is_some() {
                 continue;
             }
-            match misfit(c, needs, constraints) {
-                None => fit.push(i),
-                Some(r) => misfits.push((c.id.clone(), r)),
-            }
-        }
-        if fit.is_empty() {
-            // Nothing changes from here on: the rest of the tasks fail for the same reasons.
-            out.failures = misfits;
-            break;
-        }
-        // One key per strategy for each instance that fits, computed once per task (linear
-        // in the instances); the least key wins, the strategies in order as tie-breakers.
-        let mut keyed: Vec<(Vec<i64>, usize)> = fit.iter().map(|&i| (Vec::new(), i)).collect();
-        for s in strategies {
-            let spread = spread_counts(candidates, s, &needs.group);
-            for (key, i) in &mut keyed {
-                let c = &candidates[*i];
-                key.push(match s {
+            let mut key = [0; MAX_STRATEGIES];
+            for (k, s) in strategies.iter().take(MAX_STRATEGIES).enumerate() {
+                key[k] = match s {
                     Strategy::Binpack(Resource::Cpu) => c.cpu,
                     Strategy::Binpack(Resource::Memory) => c.memory,
                     Strategy::Spread(None) => in_group(c, &needs.group),
-                    Strategy::Spread(Some(a)) => spread[&c.attributes.get(a)],
+                    Strategy::Spread(Some(a)) => spread[k][&c.attributes.get(a)],
                     Strategy::Random => (next_random(&mut rng) >> 1) as i64,
-                });
+                };
+            }
+            if best.is_none_or(|b| (key, i) < b) {
+                best = Some((key, i));
             }
         }
-        let Some(&(_, chosen)) = keyed.iter().min() else {
-            continue;
+        let Some((_, chosen)) = best else {
+            // Nothing changes from here on: the rest of the tasks fail for the same reasons.
+            out.failures = candidates
+                .iter()
+                .filter(|c| usable(c))
+                .filter_map(|c| Some((c.id.clone(), misfit(c, needs, constraints)?)))
+                .collect();
+            break;
         };
         let c = &mut candidates[chosen];
         c.cpu -= needs.cpu;
         c.memory -= needs.memory;
         c.ports.extend(needs.ports.iter().copied());
-        c.groups.push(needs.group.clone());
+        *c.groups.entry(needs.group.clone()).or_default() += 1;
         out.placed.push(chosen);
     }
     out
@@ -662,8 +666,8 @@ impl Expr {
                     Subject::Ec2InstanceId => vec![c.ec2_instance_id.clone()],
                     Subject::AgentConnected => vec![c.agent_connected.to_string()],
                     Subject::AgentVersion => vec![c.agent_version.clone()],
-                    Subject::RunningTasksCount => vec![c.groups.len().to_string()],
-                    Subject::TaskGroup => c.groups.clone(),
+                    Subject::RunningTasksCount => vec![c.groups.values().sum::<i64>().to_string()],
+                    Subject::TaskGroup => c.groups.keys().cloned().collect(),
                 };
                 let any = |f: &dyn Fn(&str) -> bool| values.iter().any(|v| f(v));
                 match op {

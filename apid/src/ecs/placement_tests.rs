@@ -16,7 +16,7 @@ fn inst(id: &str, cpu: i64, memory: i64, attrs: &[(&str, &str)]) -> Candidate {
         cpu,
         memory,
         ports: BTreeSet::from([22]),
-        groups: Vec::new(),
+        groups: BTreeMap::new(),
     }
 }
 
@@ -308,7 +308,7 @@ fn constraints_distinct_instance_and_member_of() {
     }
     // task:group affinity: only where the group already runs.
     let mut c = fleet();
-    c[1].groups.push("family:db".into());
+    c[1].groups.insert("family:db".into(), 1);
     let p = place(
         &mut c,
         &needs(1, 1),

@@ -204,7 +204,7 @@ fn placement_settings(
     strategies: &[StrategyIn],
     constraints: &[ConstraintIn],
 ) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
-    if strategies.len() > 5 || constraints.len() > 10 {
+    if strategies.len() > super::placement::MAX_STRATEGIES || constraints.len() > 10 {
         return Err(ApiError::InvalidParameter(
             "at most 5 placementStrategy and 10 placementConstraints".into(),
         ));

@@ -620,7 +620,9 @@ impl Api {
                 "launchType {t} is not supported: EXTERNAL"
             )));
         }
-        if r.placement_strategy.len() > 5 || r.placement_constraints.len() > 10 {
+        if r.placement_strategy.len() > placement::MAX_STRATEGIES
+            || r.placement_constraints.len() > 10
+        {
             return Err(ApiError::InvalidParameter(
                 "at most 5 placementStrategy and 10 placementConstraints".into(),
             ));
