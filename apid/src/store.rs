@@ -233,9 +233,20 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
                 RETURN NEW;
             END
             $body$ LANGUAGE plpgsql",
+            // Once per statement for inserted tasks (a RunTask inserts up to 10 in one): every
+            // bump is a new version of the cluster's row, which PostgreSQL must prune.
+            "-- postgres
+            CREATE OR REPLACE FUNCTION skiff_tasks_placed() RETURNS trigger AS $body$
+            BEGIN
+                UPDATE clusters SET generation = generation + 1
+                WHERE name IN (SELECT DISTINCT cluster FROM placed);
+                RETURN NULL;
+            END
+            $body$ LANGUAGE plpgsql",
             "-- postgres
             CREATE TRIGGER placement_task_placed AFTER INSERT ON tasks
-            FOR EACH ROW EXECUTE FUNCTION skiff_placement_changed()",
+            REFERENCING NEW TABLE AS placed
+            FOR EACH STATEMENT EXECUTE FUNCTION skiff_tasks_placed()",
             "-- postgres
             CREATE TRIGGER placement_task_stopped AFTER UPDATE OF last_status ON tasks
             FOR EACH ROW WHEN (NEW.last_status = 'STOPPED' AND OLD.last_status != 'STOPPED')
