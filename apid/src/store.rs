@@ -404,6 +404,16 @@ impl Store {
         Ok(())
     }
 
+    /// How much inserting `tasks` tasks in one statement moves their cluster's placement
+    /// generation: SQLite's triggers run per row, PostgreSQL's per statement (migration 3).
+    pub fn generation_bumps(&self, tasks: usize) -> i64 {
+        match (self.backend, tasks) {
+            (_, 0) => 0,
+            (Backend::Sqlite, n) => n as i64,
+            (Backend::Postgres, _) => 1,
+        }
+    }
+
     /// Whether a migration statement is for this backend (see [`MIGRATIONS`]).
     fn runs_here(&self, stmt: &str) -> bool {
         let only = |name: &str| stmt.trim_start().starts_with(&format!("-- {name}\n"));

@@ -500,10 +500,16 @@ impl Api {
                 placed.iter().map(|&i| all[i].id.as_str()).collect();
             super::bump_desired(&mut tx, instances).await?;
         }
-        // The snapshot now includes these tasks: kept as of the generation their inserts made.
+        // The snapshot now includes these tasks: kept as of the generation their insert made,
+        // unless the generation moved by more than that insert's own bumps. On PostgreSQL a
+        // write outside the write lock (a drain, a node's report) can commit while this
+        // transaction runs; its bump then shows here, and the snapshot, which may not include
+        // it, is dropped rather than trusted.
         let (now_at,) = generation(&mut tx, &l.cluster).await?;
         tx.commit().await?;
-        self.keep_snapshot(&l.cluster, now_at, all);
+        if now_at == seen + self.store().generation_bumps(tasks.len()) {
+            self.keep_snapshot(&l.cluster, now_at, all);
+        }
         self.changed();
         Ok(json!({ "tasks": tasks, "failures": failures }))
     }
