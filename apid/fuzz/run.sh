@@ -10,43 +10,13 @@
 # one signature character changed they must not. request: action bodies through the ECS actions
 # over a SQLite store (in /dev/shm when there is one).
 #
-# The toolchain is the pinned stable one: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags
-# (sanitizer, coverage instrumentation). Builds go to FUZZ_TARGET_DIR, outside the repository.
+# The loop (toolchain, build directory, corpus and seeds) is tests/fuzz-lib.sh's.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cd "$here"
-seconds="${FUZZ_SECONDS:-30}"
-target_dir="${FUZZ_TARGET_DIR:-/var/cache/skiff-fuzz-target}"
-export RUSTC_BOOTSTRAP=1
-
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "run.sh: installing cargo-fuzz" >&2
-    cargo install cargo-fuzz --locked
+# shellcheck source=../../tests/fuzz-lib.sh
+source "$here/../../tests/fuzz-lib.sh"
+if [ $# -eq 0 ]; then
+    set -- sigv4 request
 fi
-
-targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then
-    targets=(sigv4 request)
-fi
-
-failed=()
-for target in "${targets[@]}"; do
-    corpus="corpus/$target"
-    mkdir -p "$corpus"
-    dirs=("$corpus")
-    if [ -d "seeds/$target" ]; then
-        dirs+=("seeds/$target") # read only: new inputs go to the first directory
-    fi
-    echo "run.sh: fuzzing $target for ${seconds}s" >&2
-    if ! cargo fuzz run --target-dir "$target_dir" "$target" "${dirs[@]}" -- \
-        -max_total_time="$seconds" -max_len=8192 -timeout=10 -print_final_stats=1; then
-        failed+=("$target")
-    fi
-done
-
-if [ ${#failed[@]} -gt 0 ]; then
-    echo "run.sh: crashes in: ${failed[*]} (reproducers in $here/artifacts/)" >&2
-    exit 1
-fi
-echo "run.sh: no crash in ${targets[*]}" >&2
+fuzz_main "$here" "$@"

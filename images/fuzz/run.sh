@@ -6,22 +6,14 @@
 #   images/fuzz/run.sh                   # both targets, 30 s each
 #   FUZZ_SECONDS=600 images/fuzz/run.sh unpack_tar
 #
-# The toolchain is the pinned stable one: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags
-# (sanitizer, coverage instrumentation). Builds go to FUZZ_TARGET_DIR, outside the repository.
+# The loop (toolchain, build directory, corpus and seeds) is tests/fuzz-lib.sh's.
 # unpack_tar creates devices and sets trusted.* xattrs, so run it as root to reach all of the
 # unpacker; as another user it still runs, and fails early on such entries.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cd "$here"
-seconds="${FUZZ_SECONDS:-30}"
-target_dir="${FUZZ_TARGET_DIR:-/var/cache/skiff-fuzz-target}"
-export RUSTC_BOOTSTRAP=1
-
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "run.sh: installing cargo-fuzz" >&2
-    cargo install cargo-fuzz --locked
-fi
+# shellcheck source=../../tests/fuzz-lib.sh
+source "$here/../../tests/fuzz-lib.sh"
 
 # Seed tars for unpack_tar, made with GNU tar (ustar, GNU and PAX formats; long names, links,
 # a fifo, whiteouts, an escaping name), into the corpus directory, which git ignores.
@@ -50,35 +42,20 @@ seed_tars() {
     rm -rf "$work"
 }
 
-targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then
-    targets=(unpack_tar manifest)
-fi
+fuzz_prepare() {
+    if [ "$1" = unpack_tar ]; then
+        seed_tars "$2"
+    fi
+}
 
-failed=()
-for target in "${targets[@]}"; do
-    corpus="corpus/$target"
-    mkdir -p "$corpus"
-    dirs=("$corpus")
-    if [ "$target" = unpack_tar ]; then
-        seed_tars "$here/$corpus"
-    fi
-    if [ -d "seeds/$target" ]; then
-        dirs+=("seeds/$target") # read only: new inputs go to the first directory
-    fi
-    case "$target" in
-        unpack_tar) max_len=16384 ;;
-        *) max_len=8192 ;;
+fuzz_max_len() {
+    case "$1" in
+        unpack_tar) echo 16384 ;;
+        *) echo 8192 ;;
     esac
-    echo "run.sh: fuzzing $target for ${seconds}s" >&2
-    if ! cargo fuzz run --target-dir "$target_dir" "$target" "${dirs[@]}" -- \
-        -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -print_final_stats=1; then
-        failed+=("$target")
-    fi
-done
+}
 
-if [ ${#failed[@]} -gt 0 ]; then
-    echo "run.sh: crashes in: ${failed[*]} (reproducers in $here/artifacts/)" >&2
-    exit 1
+if [ $# -eq 0 ]; then
+    set -- unpack_tar manifest
 fi
-echo "run.sh: no crash in ${targets[*]}" >&2
+fuzz_main "$here" "$@"

@@ -108,6 +108,34 @@ fn task_ids(tasks: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
+/// `aws ecs create-service` in cluster edge, with more arguments.
+fn create_service(a: &Apid, name: &str, task_definition: &str, more: &[&str]) -> Value {
+    let mut args = vec![
+        "create-service",
+        "--cluster",
+        "edge",
+        "--service-name",
+        name,
+        "--task-definition",
+        task_definition,
+    ];
+    args.extend_from_slice(more);
+    a.aws(&args)
+}
+
+/// `aws ecs update-service` of service web to `task_definition`.
+fn deploy(a: &Apid, task_definition: &str) {
+    a.aws(&[
+        "update-service",
+        "--cluster",
+        "edge",
+        "--service",
+        "web",
+        "--task-definition",
+        task_definition,
+    ]);
+}
+
 fn register(a: &Apid, family: &str, revision: i64) {
     let def = a.path(&format!("{family}.json"));
     std::fs::write(
@@ -140,19 +168,17 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
     register(&a, "web", 1);
 
     // A service of 4 spreads over the three nodes.
-    let s = a.aws(&[
-        "create-service",
-        "--cluster",
-        "edge",
-        "--service-name",
+    let s = create_service(
+        &a,
         "web",
-        "--task-definition",
         "web",
-        "--desired-count",
-        "4",
-        "--deployment-configuration",
-        "maximumPercent=150,minimumHealthyPercent=50,deploymentCircuitBreaker={enable=true,rollback=true}",
-    ]);
+        &[
+            "--desired-count",
+            "4",
+            "--deployment-configuration",
+            "maximumPercent=150,minimumHealthyPercent=50,deploymentCircuitBreaker={enable=true,rollback=true}",
+        ],
+    );
     assert_eq!(
         s["service"]["deployments"][0]["rolloutState"],
         "IN_PROGRESS"
@@ -165,15 +191,7 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
 
     // A rolling deployment to web:2, watched by boto3's waiter.
     register(&a, "web", 2);
-    a.aws(&[
-        "update-service",
-        "--cluster",
-        "edge",
-        "--service",
-        "web",
-        "--task-definition",
-        "web:2",
-    ]);
+    deploy(&a, "web:2");
     let script = format!(
         "import boto3\nc = boto3.client('ecs', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='{}', aws_secret_access_key='{}')\nc.get_waiter('services_stable').wait(cluster='edge', services=['web'], WaiterConfig={{'Delay': 1, 'MaxAttempts': 90}})\nprint(c.describe_services(cluster='edge', services=['web'])['services'][0]['taskDefinition'])\n",
         a.endpoint(),
@@ -200,15 +218,7 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
     // web:3 fails to start on the nodes: the circuit breaker rolls back to web:2.
     register(&a, "web", 3);
     nodes.fail(&["web:3"]);
-    a.aws(&[
-        "update-service",
-        "--cluster",
-        "edge",
-        "--service",
-        "web",
-        "--task-definition",
-        "web:3",
-    ]);
+    deploy(&a, "web:3");
     until(90, "the rollback", || {
         let s = service(&a, "web");
         let events = s["events"].to_string();
@@ -281,17 +291,7 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
         "--status",
         "ACTIVE",
     ]);
-    a.aws(&[
-        "create-service",
-        "--cluster",
-        "edge",
-        "--service-name",
-        "agent",
-        "--task-definition",
-        "web:1",
-        "--scheduling-strategy",
-        "DAEMON",
-    ]);
+    create_service(&a, "agent", "web:1", &["--scheduling-strategy", "DAEMON"]);
     stable(&a, "agent", 3);
     let daemon = task_ids(&service_tasks(&a, "agent"));
     assert!((0..3).all(|k| on_node(&nodes, k, &daemon) == 1));
@@ -427,31 +427,21 @@ fn a_replica_takes_over_scheduling_when_the_other_dies_on_postgres() {
     let nodes = SimNodes::start(&[&first, &second], &act, 3, second.dir.path());
     register(&first, "web", 1);
     // One task at a time (120% of 6 is 7), so that the deployment spans several passes.
-    first.aws(&[
-        "create-service",
-        "--cluster",
-        "edge",
-        "--service-name",
+    create_service(
+        &first,
         "web",
-        "--task-definition",
         "web",
-        "--desired-count",
-        "6",
-        "--deployment-configuration",
-        "maximumPercent=120,minimumHealthyPercent=100",
-    ]);
+        &[
+            "--desired-count",
+            "6",
+            "--deployment-configuration",
+            "maximumPercent=120,minimumHealthyPercent=100",
+        ],
+    );
     stable(&second, "web", 6);
     // A deployment starts; the scheduling replica dies at once, in the middle of it.
     register(&second, "web", 2);
-    second.aws(&[
-        "update-service",
-        "--cluster",
-        "edge",
-        "--service",
-        "web",
-        "--task-definition",
-        "web:2",
-    ]);
+    deploy(&second, "web:2");
     first.kill();
     until(30, "the second replica taking over", || {
         second

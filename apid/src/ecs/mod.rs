@@ -242,6 +242,35 @@ impl Api {
     }
 }
 
+/// Whether a Describe*'s `include` asks for tags (`TAGS`, the only value accepted here).
+fn include_tags(include: &[String]) -> Result<bool, ApiError> {
+    match include.iter().find(|i| *i != "TAGS") {
+        Some(i) => Err(ApiError::InvalidParameter(format!(
+            "include: {i} is not valid"
+        ))),
+        None => Ok(!include.is_empty()),
+    }
+}
+
+/// Describe*'s answer from what was found for each wanted key: the descriptions, and a
+/// MISSING failure with the ARN `arn` makes of each key not found.
+fn found_or_missing(
+    results: Vec<(&str, Option<Value>)>,
+    arn: impl Fn(&str) -> String,
+) -> (Vec<Value>, Vec<Failure>) {
+    let (mut found, mut failures) = (Vec::new(), Vec::new());
+    for (key, v) in results {
+        match v {
+            Some(v) => found.push(v),
+            None => failures.push(Failure {
+                arn: arn(key),
+                reason: "MISSING".into(),
+            }),
+        }
+    }
+    (found, failures)
+}
+
 /// A `failures[]` entry of Describe* and batch actions.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -20,8 +20,8 @@ use sqlx::Row;
 
 use super::deploy::{self, Deployment, Host, Rollout, Scheduling, Spec};
 use super::placement::{Constraint, Strategy};
-use super::tasks::{ConstraintIn, StrategyIn, Target, request_stop};
-use super::{Api, Failure, Tag, now, page};
+use super::tasks::{ConstraintIn, StrategyIn, Target, check_launch_type, request_stop};
+use super::{Api, Tag, now, page};
 use crate::error::ApiError;
 
 /// ECS `DeploymentCircuitBreaker`.
@@ -326,8 +326,8 @@ impl Api {
             .collect())
     }
 
-    /// Makes `family:revision` the service's PRIMARY deployment; the previous primary becomes
-    /// ACTIVE (its tasks are replaced).
+    /// Makes `family:revision` the service's PRIMARY deployment, with its event; the previous
+    /// primary becomes ACTIVE (its tasks are replaced).
     async fn new_deployment(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -368,6 +368,8 @@ impl Api {
         .bind(at)
         .execute(&mut *conn)
         .await?;
+        let started = format!("(service {service}) has started a deployment ({id}).");
+        self.service_event(conn, cluster, service, started).await?;
         Ok(id)
     }
 
@@ -505,6 +507,33 @@ impl Api {
         Ok(v)
     }
 
+    /// The ACTIVE service `name`: ServiceNotFound, or ServiceNotActive when it is being
+    /// deleted or deleted.
+    async fn active_service(&self, cluster: &str, name: &str) -> Result<ServiceRow, ApiError> {
+        let s = self
+            .find_service(cluster, name)
+            .await?
+            .ok_or(ApiError::ServiceNotFound)?;
+        if s.status != "ACTIVE" {
+            return Err(ApiError::ServiceNotActive);
+        }
+        Ok(s)
+    }
+
+    /// `{"service": ...}`, the answer of Create, Update and DeleteService.
+    async fn service_response(
+        &self,
+        cluster: &str,
+        name: &str,
+        with_tags: bool,
+    ) -> Result<Value, ApiError> {
+        let s = self
+            .find_service(cluster, name)
+            .await?
+            .ok_or(ApiError::ServiceNotFound)?;
+        Ok(json!({ "service": self.service(&s, with_tags).await? }))
+    }
+
     pub(super) async fn create_service(&self, r: CreateService) -> Result<Value, ApiError> {
         let cluster = self.active_cluster(r.cluster.as_deref()).await?;
         check_name(&r.service_name)?;
@@ -526,15 +555,7 @@ impl Api {
             &r.role,
             r.enable_ecs_managed_tags,
         );
-        if let Some(t) = r
-            .launch_type
-            .as_deref()
-            .filter(|t| !["EXTERNAL", "EC2"].contains(t))
-        {
-            return Err(ApiError::InvalidParameter(format!(
-                "launchType {t} is not supported: EXTERNAL"
-            )));
-        }
+        check_launch_type(r.launch_type.as_deref())?;
         let scheduling = r.scheduling_strategy.as_deref().unwrap_or("REPLICA");
         let daemon = match scheduling {
             "REPLICA" => false,
@@ -627,45 +648,24 @@ impl Api {
         .bind(serde_json::to_string(&r.tags).expect("tags serialize"))
         .execute(&mut *tx)
         .await?;
-        let d = self
-            .new_deployment(
-                &mut tx,
-                &cluster,
-                &r.service_name,
-                &family,
-                revision,
-                "ECS deployment created.",
-            )
-            .await?;
-        self.service_event(
+        self.new_deployment(
             &mut tx,
             &cluster,
             &r.service_name,
-            format!(
-                "(service {}) has started a deployment ({d}).",
-                r.service_name
-            ),
+            &family,
+            revision,
+            "ECS deployment created.",
         )
         .await?;
         tx.commit().await?;
         self.changed();
-        let s = self
-            .find_service(&cluster, &r.service_name)
-            .await?
-            .ok_or(ApiError::ServiceNotFound)?;
-        Ok(json!({ "service": self.service(&s, true).await? }))
+        self.service_response(&cluster, &r.service_name, true).await
     }
 
     pub(super) async fn update_service(&self, r: UpdateService) -> Result<Value, ApiError> {
         let cluster = self.active_cluster(r.cluster.as_deref()).await?;
         let name = service_name(&r.service);
-        let mut s = self
-            .find_service(&cluster, name)
-            .await?
-            .ok_or(ApiError::ServiceNotFound)?;
-        if s.status != "ACTIVE" {
-            return Err(ApiError::ServiceNotActive);
-        }
+        let mut s = self.active_service(&cluster, name).await?;
         let daemon = s.settings.scheduling_strategy == "DAEMON";
         let mut redeploy = r.force_new_deployment;
         if let Some(n) = r.desired_count {
@@ -737,21 +737,13 @@ impl Api {
         .execute(&mut *tx)
         .await?;
         if redeploy {
-            let d = self
-                .new_deployment(
-                    &mut tx,
-                    &cluster,
-                    name,
-                    &family,
-                    revision,
-                    "ECS deployment created.",
-                )
-                .await?;
-            self.service_event(
+            self.new_deployment(
                 &mut tx,
                 &cluster,
                 name,
-                format!("(service {name}) has started a deployment ({d})."),
+                &family,
+                revision,
+                "ECS deployment created.",
             )
             .await?;
         } else if let Some(p) = primary.filter(|p| p.rollout_state == "COMPLETED") {
@@ -764,23 +756,13 @@ impl Api {
         }
         tx.commit().await?;
         self.changed();
-        let s = self
-            .find_service(&cluster, name)
-            .await?
-            .ok_or(ApiError::ServiceNotFound)?;
-        Ok(json!({ "service": self.service(&s, false).await? }))
+        self.service_response(&cluster, name, false).await
     }
 
     pub(super) async fn delete_service(&self, r: DeleteService) -> Result<Value, ApiError> {
         let cluster = self.active_cluster(r.cluster.as_deref()).await?;
         let name = service_name(&r.service);
-        let s = self
-            .find_service(&cluster, name)
-            .await?
-            .ok_or(ApiError::ServiceNotFound)?;
-        if s.status != "ACTIVE" {
-            return Err(ApiError::ServiceNotActive);
-        }
+        let s = self.active_service(&cluster, name).await?;
         if s.settings.scheduling_strategy == "REPLICA" && s.desired_count > 0 && !r.force {
             return Err(ApiError::InvalidParameter(
                 "The service cannot be stopped while it is scaled above 0.".into(),
@@ -796,11 +778,7 @@ impl Api {
         .execute(self.pool())
         .await?;
         self.changed();
-        let s = self
-            .find_service(&cluster, name)
-            .await?
-            .ok_or(ApiError::ServiceNotFound)?;
-        Ok(json!({ "service": self.service(&s, false).await? }))
+        self.service_response(&cluster, name, false).await
     }
 
     pub(super) async fn describe_services(&self, r: DescribeServices) -> Result<Value, ApiError> {
@@ -810,22 +788,18 @@ impl Api {
                 "services: 1 to 10 entries".into(),
             ));
         }
-        if let Some(i) = r.include.iter().find(|i| *i != "TAGS") {
-            return Err(ApiError::InvalidParameter(format!(
-                "include: {i} is not valid"
-            )));
-        }
-        let (mut found, mut failures) = (Vec::new(), Vec::new());
+        let with_tags = super::include_tags(&r.include)?;
+        let mut results = Vec::new();
         for want in &r.services {
             let name = service_name(want);
-            match self.find_service(&cluster, name).await? {
-                Some(s) => found.push(self.service(&s, !r.include.is_empty()).await?),
-                None => failures.push(Failure {
-                    arn: self.service_arn(&cluster, name),
-                    reason: "MISSING".into(),
-                }),
-            }
+            let described = match self.find_service(&cluster, name).await? {
+                Some(s) => Some(self.service(&s, with_tags).await?),
+                None => None,
+            };
+            results.push((name, described));
         }
+        let (found, failures) =
+            super::found_or_missing(results, |name| self.service_arn(&cluster, name));
         Ok(json!({ "services": found, "failures": failures }))
     }
 

@@ -106,6 +106,15 @@ impl Cluster {
         }
     }
 
+    /// UpdateContainerInstancesState of node `k`.
+    async fn set_state(&self, k: usize, status: &str) {
+        let body =
+            json!({"cluster": "edge", "containerInstances": [self.nodes[k].id], "status": status});
+        call(&self.api, "UpdateContainerInstancesState", body)
+            .await
+            .unwrap();
+    }
+
     async fn service(&self, name: &str) -> Value {
         let d = call(
             &self.api,
@@ -345,14 +354,7 @@ async fn draining_and_lost_nodes_have_their_tasks_replaced(store: Store) {
     c.settle(false).await;
     assert_eq!(c.running_by_node("web").await, [1, 1, 1]);
     // Drain node 0: its task moves; nothing else does.
-    let n0 = c.nodes[0].id.clone();
-    call(
-        &c.api,
-        "UpdateContainerInstancesState",
-        json!({"cluster": "edge", "containerInstances": [n0], "status": "DRAINING"}),
-    )
-    .await
-    .unwrap();
+    c.set_state(0, "DRAINING").await;
     c.settle(false).await;
     let per = c.running_by_node("web").await;
     assert_eq!((per[0], per[1] + per[2]), (0, 3), "{per:?}");
@@ -401,14 +403,7 @@ async fn draining_and_lost_nodes_have_their_tasks_replaced(store: Store) {
 
 async fn a_daemon_service_runs_one_task_per_active_node(store: Store) {
     let mut c = Cluster::new(store, 3).await;
-    let n0 = c.nodes[0].id.clone();
-    call(
-        &c.api,
-        "UpdateContainerInstancesState",
-        json!({"cluster": "edge", "containerInstances": [n0], "status": "DRAINING"}),
-    )
-    .await
-    .unwrap();
+    c.set_state(0, "DRAINING").await;
     call(
         &c.api,
         "CreateService",
@@ -427,13 +422,7 @@ async fn a_daemon_service_runs_one_task_per_active_node(store: Store) {
     assert_eq!(s["deployments"][0]["rolloutState"], "COMPLETED", "{s}");
     assert_eq!(c.running_by_node("agent").await, [0, 1, 1]);
     // Back to ACTIVE: the node gets its task.
-    call(
-        &c.api,
-        "UpdateContainerInstancesState",
-        json!({"cluster": "edge", "containerInstances": [n0], "status": "ACTIVE"}),
-    )
-    .await
-    .unwrap();
+    c.set_state(0, "ACTIVE").await;
     c.settle(false).await;
     assert_eq!(c.running_by_node("agent").await, [1, 1, 1]);
     assert_eq!(c.service("agent").await["desiredCount"], 3);

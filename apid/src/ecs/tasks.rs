@@ -315,6 +315,17 @@ fn needs(def: &TaskDefinition, group: String) -> Needs {
     }
 }
 
+/// Refuses a launch type other than EXTERNAL (EC2 is accepted as its synonym: nodes are
+/// container instances either way).
+pub(super) fn check_launch_type(t: Option<&str>) -> Result<(), ApiError> {
+    match t {
+        Some(t) if !["EXTERNAL", "EC2"].contains(&t) => Err(ApiError::InvalidParameter(format!(
+            "launchType {t} is not supported: EXTERNAL"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses an optional string longer than ECS allows for the field.
 fn check_length(s: &Option<String>, what: &str, max: usize) -> Result<(), ApiError> {
     match s {
@@ -617,15 +628,7 @@ impl Api {
                 "count must be between 1 and 10".into(),
             ));
         }
-        if let Some(t) = r
-            .launch_type
-            .as_deref()
-            .filter(|t| !["EXTERNAL", "EC2"].contains(t))
-        {
-            return Err(ApiError::InvalidParameter(format!(
-                "launchType {t} is not supported: EXTERNAL"
-            )));
-        }
+        check_launch_type(r.launch_type.as_deref())?;
         if r.placement_strategy.len() > placement::MAX_STRATEGIES
             || r.placement_constraints.len() > 10
         {
@@ -710,23 +713,14 @@ impl Api {
         if r.tasks.is_empty() || r.tasks.len() > 100 {
             return Err(ApiError::InvalidParameter("tasks: 1 to 100 entries".into()));
         }
-        if let Some(i) = r.include.iter().find(|i| *i != "TAGS") {
-            return Err(ApiError::InvalidParameter(format!(
-                "include: {i} is not valid"
-            )));
-        }
-        let with_tags = !r.include.is_empty();
-        let (mut tasks, mut failures) = (Vec::new(), Vec::new());
+        let with_tags = super::include_tags(&r.include)?;
+        let mut results = Vec::new();
         for want in &r.tasks {
             let id = task_id(want);
-            match self.find_task(&cluster, id).await? {
-                Some(t) => tasks.push(self.task(&t, with_tags)),
-                None => failures.push(Failure {
-                    arn: self.task_arn(&cluster, id),
-                    reason: "MISSING".into(),
-                }),
-            }
+            let t = self.find_task(&cluster, id).await?;
+            results.push((id, t.map(|t| self.task(&t, with_tags))));
         }
+        let (tasks, failures) = super::found_or_missing(results, |id| self.task_arn(&cluster, id));
         Ok(json!({ "tasks": tasks, "failures": failures }))
     }
 
