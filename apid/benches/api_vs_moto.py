@@ -7,7 +7,7 @@ interpreter per call) would dominate both sides' figures alike.
     python3 -m venv /var/cache/skiff-moto-venv
     /var/cache/skiff-moto-venv/bin/pip install 'moto[server]' boto3
     /var/cache/skiff-moto-venv/bin/python apid/benches/api_vs_moto.py \\
-        --apid /var/cache/skiff-target/release/apid [--rounds 200]
+        --apid /var/cache/skiff-target/release/skiff-apid [--rounds 200]
 
 The workflow (each call timed; `--rounds` rounds): CreateCluster, RegisterTaskDefinition,
 DescribeTaskDefinition, ListTaskDefinitions, DescribeClusters, CreateService, DescribeServices,

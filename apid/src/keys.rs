@@ -1,5 +1,5 @@
 //! Access keys that apid issues, for SigV4: an administrator creates them on the apid host
-//! (`apid keys create`) or remotely (`skiff control keys create`, see [`crate::control`]), hands
+//! (`skiff-apid keys create`) or remotely (`skiff control keys create`, see [`crate::control`]), hands
 //! the pair to an operator's aws CLI profile, and revokes them.
 //! Ids look like AWS's (`AKIA` + 16 characters) so SDKs accept them; secrets are 40 characters
 //! of base64-ish alphabet, from the kernel's random source.

@@ -6,7 +6,7 @@
 //! (the actions, typed requests and responses) and [`control`] (Skiff's own operator actions:
 //! activations, access keys, node certificates) over the store ([`store`], [`keys`]). Nodes join
 //! through [`identity`]: activations, registration with a CSR, and the mTLS node channel. The
-//! binary (`apid serve`, `apid keys ...`, `apid activations ...`) is a thin adapter; `skiff
+//! binary (`skiff-apid serve`, `skiff-apid keys ...`, `skiff-apid activations ...`) is a thin adapter; `skiff
 //! control` is the remote client of the same admin actions.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

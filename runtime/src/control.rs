@@ -36,7 +36,7 @@ pub const SERVICE: &str = "ecs";
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
-/// The flags that create an activation, shared by `apid activations create` (on the apid host)
+/// The flags that create an activation, shared by `skiff-apid activations create` (on the apid host)
 /// and `skiff control activations create` (remote).
 #[derive(Clone, Debug, clap::Args)]
 pub struct ActivationArgs {
@@ -65,7 +65,7 @@ pub enum ControlError {
     /// A credential is not in the environment.
     #[error(
         "{variable} is not set: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (a key from \
-         `apid keys create` or `skiff control keys create`)"
+         `skiff-apid keys create` or `skiff control keys create`)"
     )]
     Credentials {
         /// The variable.

@@ -1374,7 +1374,7 @@ pub fn ns_sh(ns: &Path, script: &str) -> String {
 }
 
 /// An apid of its own for a test: config, database and log in a scratch directory, the ECS API
-/// and the node channel on free loopback ports, and an access key made with `apid keys create`.
+/// and the node channel on free loopback ports, and an access key made with `skiff-apid keys create`.
 /// Killed on drop.
 pub struct Apid {
     /// Scratch directory (config, database, log).
@@ -1426,7 +1426,7 @@ impl Apid {
                 .to_owned(),
         );
         let log = fs::File::create(dir.path().join("apid.log")).expect("apid log");
-        let child = Command::new(workspace_bin("apid"))
+        let child = Command::new(workspace_bin("skiff-apid"))
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -1641,9 +1641,9 @@ impl Drop for SimNodes {
     }
 }
 
-/// `apid --config <config> <args>`, asserting success; its stdout.
+/// `skiff-apid --config <config> <args>`, asserting success; its stdout.
 fn apid_admin(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(workspace_bin("apid"))
+    let out = Command::new(workspace_bin("skiff-apid"))
         .arg("--config")
         .arg(config)
         .args(args)

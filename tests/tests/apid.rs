@@ -137,7 +137,7 @@ fn requests_are_authenticated_with_sigv4() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A revoked key is refused from then on.
-    let out = Command::new(workspace_bin("apid"))
+    let out = Command::new(workspace_bin("skiff-apid"))
         .arg("--config")
         .arg(&a.config)
         .args(["keys", "revoke", &id])
@@ -177,7 +177,7 @@ fn the_aws_cli_runs_describes_and_stops_tasks() {
     a.aws(&["create-cluster", "--cluster-name", "edge"]);
     // No node registers itself yet: the hidden debug verb records instances.
     let register = |attrs: &[&str]| {
-        let out = Command::new(workspace_bin("apid"))
+        let out = Command::new(workspace_bin("skiff-apid"))
             .arg("--config")
             .arg(&a.config)
             .args(["debug", "register-instance", "--cluster", "edge"])

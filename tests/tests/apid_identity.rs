@@ -1,6 +1,6 @@
 //! Node identity end to end against the real `apid`: an operator creates a cluster (aws CLI) and
-//! an activation (`apid activations create`); a node makes its key and CSR with openssl, registers
-//! with curl over TLS trusting the CA from `apid ca-cert`, and then speaks mTLS with the issued
+//! an activation (`skiff-apid activations create`); a node makes its key and CSR with openssl, registers
+//! with curl over TLS trusting the CA from `skiff-apid ca-cert`, and then speaks mTLS with the issued
 //! certificate until it is deregistered. Refusals (wrong code, expired activation, used-up count,
 //! foreign CA, revoked) record nothing and fail the handshake respectively. (An expired client
 //! certificate needs the CA's key to make: apid's unit tests cover it, in

@@ -99,7 +99,7 @@ fn skiff_control_administers_apid_and_shows_the_cluster() {
     assert!(err.contains("UnrecognizedClientException"), "{err}");
     assert!(skiff(&a, &["keys", "ls"]).contains(&format!("{}  Revoked", second.0)));
 
-    // The CA, as `apid ca-cert` prints it on the host.
+    // The CA, as `skiff-apid ca-cert` prints it on the host.
     let pem = skiff(&a, &["ca-cert"]);
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     assert_eq!(pem, a.admin(&["ca-cert"]));

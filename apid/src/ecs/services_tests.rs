@@ -235,6 +235,27 @@ async fn a_replica_service_spreads_rolls_and_scales(store: Store) {
     assert!(s["taskDefinition"].as_str().unwrap().ends_with("web:2"));
     let new = task_ids(&c.api).await;
     assert!(new.iter().all(|t| !old.contains(t)), "every task replaced");
+    // Tags, by the service's ARN.
+    let arn = s["serviceArn"].clone();
+    call(
+        &c.api,
+        "TagResource",
+        json!({"resourceArn": arn, "tags": [{"key": "team", "value": "edge"}]}),
+    )
+    .await
+    .unwrap();
+    let t = call(&c.api, "ListTagsForResource", json!({"resourceArn": arn}))
+        .await
+        .unwrap();
+    assert_eq!(t["tags"], json!([{"key": "team", "value": "edge"}]));
+    let d = call(
+        &c.api,
+        "DescribeServices",
+        json!({"cluster": "edge", "services": ["web"], "include": ["TAGS"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d["services"][0]["tags"][0]["key"], "team");
     // Scale in, then delete (a scaled-up service needs force).
     call(
         &c.api,

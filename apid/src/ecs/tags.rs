@@ -1,5 +1,5 @@
-//! Tags: TagResource, UntagResource, ListTagsForResource on clusters, task definitions and
-//! container instances, found by ARN as ECS finds them. Keys are unique per resource; the `aws:`
+//! Tags: TagResource, UntagResource, ListTagsForResource on clusters, task definitions,
+//! container instances, services and tasks, found by ARN as ECS finds them. Keys are unique per resource; the `aws:`
 //! prefix is reserved, as in ECS; at most 50 tags.
 
 use serde::Deserialize;
@@ -75,6 +75,18 @@ impl Api {
                 table: "container_instances",
                 keys: vec![("id", path.rsplit('/').next().unwrap_or(path).to_owned())],
             },
+            // `service/<cluster>/<name>` and `task/<cluster>/<id>`.
+            "service" | "task" => {
+                let (cluster, last) = path.split_once('/').ok_or_else(bad)?;
+                let (table, key) = match kind {
+                    "service" => ("services", "name"),
+                    _ => ("tasks", "id"),
+                };
+                Target {
+                    table,
+                    keys: vec![("cluster", cluster.to_owned()), (key, last.to_owned())],
+                }
+            }
             _ => return Err(bad()),
         })
     }

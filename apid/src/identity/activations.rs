@@ -1,5 +1,5 @@
 //! Activations, as ECS Anywhere's SSM activations: an operator creates one for a cluster with a
-//! count limit and an expiry (`apid activations create`) and hands its id and code to the nodes'
+//! count limit and an expiry (`skiff-apid activations create`) and hands its id and code to the nodes'
 //! installs. Each node registering uses one; a code is checked in constant time against its
 //! SHA-256 (the code itself is shown once and never stored), and a use is taken in one SQL
 //! statement, so two nodes racing for the last use cannot both get it.

@@ -17,7 +17,7 @@
 //! stream (the next issue) must recheck on deregistration.
 //!
 //! First contact: the node cannot verify apid's server certificate with a CA it does not have
-//! yet. The operator gives the node's install the CA certificate (`apid ca-cert` prints it) along
+//! yet. The operator gives the node's install the CA certificate (`skiff-apid ca-cert` prints it) along
 //! with the activation, as ECS Anywhere's install is given its endpoint; the node verifies the
 //! first connection with it and pins the `caPem` registration returns from then on. apid has no
 //! "insecure first contact" mode: a node that skips verification would hand its activation code to

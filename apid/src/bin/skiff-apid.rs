@@ -1,6 +1,6 @@
-//! apid: `apid serve` runs the control plane's ECS API and the node channel; `apid keys
-//! create|revoke|list` manages the access keys operators sign requests with; `apid activations
-//! create|list|delete` the activations nodes register with; `apid ca-cert` prints the cluster CA
+//! `skiff-apid serve` runs the control plane's ECS API and the node channel; `skiff-apid keys
+//! create|revoke|list` manages the access keys operators sign requests with; `skiff-apid activations
+//! create|list|delete` the activations nodes register with; `skiff-apid ca-cert` prints the cluster CA
 //! that nodes' installs trust. A thin adapter over the skiff_apid library. Once the first key
 //! exists, `skiff control ...` does the same remotely over the operator API.
 
@@ -20,7 +20,7 @@ use skiff_runtime::control::ActivationArgs;
 
 #[derive(Parser)]
 #[command(
-    name = "apid",
+    name = "skiff-apid",
     about = "Skiff's control plane: the ECS API over an embedded store"
 )]
 struct Cli {
