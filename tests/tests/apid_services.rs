@@ -108,6 +108,19 @@ fn task_ids(tasks: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
+/// `aws ecs update-container-instances-state` of `instance`.
+fn set_state(a: &Apid, instance: &str, status: &str) {
+    a.aws(&[
+        "update-container-instances-state",
+        "--cluster",
+        "edge",
+        "--container-instances",
+        instance,
+        "--status",
+        status,
+    ]);
+}
+
 /// `aws ecs create-service` in cluster edge, with more arguments.
 fn create_service(a: &Apid, name: &str, task_definition: &str, more: &[&str]) -> Value {
     let mut args = vec![
@@ -232,15 +245,7 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
     nodes.fail(&[]);
 
     // Drain node 0: its tasks move to the others.
-    a.aws(&[
-        "update-container-instances-state",
-        "--cluster",
-        "edge",
-        "--container-instances",
-        &nodes.ids[0],
-        "--status",
-        "DRAINING",
-    ]);
+    set_state(&a, &nodes.ids[0], "DRAINING");
     until(90, "node 0 drained", || {
         let ids = task_ids(&service_tasks(&a, "web"));
         (nodes.running(0).is_empty() && on_node(&nodes, 1, &ids) + on_node(&nodes, 2, &ids) == 4)
@@ -282,15 +287,7 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
     assert_eq!(total, 4, "nothing duplicated or lost");
 
     // A DAEMON service: one task on each ACTIVE node (node 0 is still draining).
-    a.aws(&[
-        "update-container-instances-state",
-        "--cluster",
-        "edge",
-        "--container-instances",
-        &nodes.ids[0],
-        "--status",
-        "ACTIVE",
-    ]);
+    set_state(&a, &nodes.ids[0], "ACTIVE");
     create_service(&a, "agent", "web:1", &["--scheduling-strategy", "DAEMON"]);
     stable(&a, "agent", 3);
     let daemon = task_ids(&service_tasks(&a, "agent"));

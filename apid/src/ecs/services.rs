@@ -250,6 +250,18 @@ fn deployment_configuration(
     Ok(c)
 }
 
+/// A service's stored placement settings (checked when given), parsed again for placement.
+fn parsed<T: serde::de::DeserializeOwned, U>(
+    given: &[Value],
+    parse: impl Fn(T) -> Result<U, super::placement::PlacementError>,
+) -> Result<Vec<U>, ApiError> {
+    given
+        .iter()
+        .filter_map(|v| serde_json::from_value::<T>(v.clone()).ok())
+        .map(|v| parse(v).map_err(ApiError::from))
+        .collect()
+}
+
 fn refuse_unsupported(what: &str, given: bool) -> Result<(), ApiError> {
     if given {
         Err(ApiError::InvalidParameter(format!(
@@ -918,20 +930,12 @@ impl Api {
             failed.insert(d.id.clone(), n);
         }
         let daemon = s.settings.scheduling_strategy == "DAEMON";
-        let constraints = s
-            .settings
-            .placement_constraints
-            .iter()
-            .filter_map(|c| serde_json::from_value::<ConstraintIn>(c.clone()).ok())
-            .map(|c| Constraint::parse(&c.kind, c.expression.as_deref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let strategies = s
-            .settings
-            .placement_strategy
-            .iter()
-            .filter_map(|c| serde_json::from_value::<StrategyIn>(c.clone()).ok())
-            .map(|c| Strategy::parse(&c.kind, c.field.as_deref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let constraints = parsed(&s.settings.placement_constraints, |c: ConstraintIn| {
+            Constraint::parse(&c.kind, c.expression.as_deref())
+        })?;
+        let strategies = parsed(&s.settings.placement_strategy, |c: StrategyIn| {
+            Strategy::parse(&c.kind, c.field.as_deref())
+        })?;
         let eligible = if daemon {
             self.daemon_instances(cluster, &constraints).await?
         } else {
