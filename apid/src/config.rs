@@ -36,8 +36,14 @@ pub enum ApidConfigError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApidConfig {
-    /// The operator API (the ECS API). Plain HTTP: put it on loopback or behind TLS.
+    /// The operator API (the ECS API): plain HTTP unless `tls_certificate` and `tls_key` are
+    /// set; without TLS keep it on loopback.
     pub listen: SocketAddr,
+    /// The operator API's certificate chain (PEM, leaf first): with `tls_key`, the API is
+    /// served over TLS (clients: `--endpoint-url https://...`, `--ca-bundle` for a private CA).
+    pub tls_certificate: Option<PathBuf>,
+    /// The private key (PEM) of `tls_certificate`.
+    pub tls_key: Option<PathBuf>,
     /// The store: a SQLite file's path (the default; created if missing), or a
     /// `postgres://user:password@host/db` URL shared by several apid replicas.
     pub database: String,
@@ -66,6 +72,8 @@ impl Default for ApidConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8460".parse().expect("a valid default address"),
+            tls_certificate: None,
+            tls_key: None,
             database: "/var/lib/skiff-apid/apid.db".into(),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
@@ -118,6 +126,11 @@ impl ApidConfig {
                 "node_channel_names: at least one name nodes dial apid by".into(),
             ));
         }
+        if cfg.tls_certificate.is_some() != cfg.tls_key.is_some() {
+            return Err(invalid(
+                "tls_certificate and tls_key: both or neither".into(),
+            ));
+        }
         if cfg.heartbeat_seconds == 0 || cfg.heartbeat_timeout_seconds <= cfg.heartbeat_seconds {
             return Err(invalid(format!(
                 "heartbeat_timeout_seconds ({}) must exceed heartbeat_seconds ({}), which is at least 1",
@@ -149,6 +162,7 @@ mod tests {
             ("account_id = \"12\"\n", "account_id"),
             ("region = \"US East\"\n", "region"),
             ("node_channel_names = []\n", "node_channel_names"),
+            ("tls_key = \"/k.pem\"\n", "tls_certificate"),
         ] {
             std::fs::write(&p, text).unwrap();
             let e = ApidConfig::load(&p).unwrap_err().to_string();

@@ -22,3 +22,4 @@ pub mod protocol;
 pub mod scheduler;
 pub mod sigv4;
 pub mod store;
+pub mod tls;

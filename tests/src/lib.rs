@@ -8,6 +8,7 @@
 #![allow(missing_debug_implementations)] // test fixtures, never printed
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -1387,6 +1388,8 @@ pub struct Apid {
     pub node_port: u16,
     /// The access key (id, secret).
     pub key: (String, String),
+    /// The operator API's TLS files, when it serves TLS.
+    pub tls: Option<Tls>,
     child: Child,
 }
 
@@ -1399,10 +1402,21 @@ impl Apid {
     /// Starts one with more settings (TOML lines: `database = "postgres://..."`,
     /// `heartbeat_seconds = 2`, ...), which take precedence over the fixture's.
     pub fn start_with(settings: &str) -> Self {
+        Self::start_in(settings, false)
+    }
+
+    /// Starts one whose operator API serves TLS with a certificate for 127.0.0.1 from a test CA
+    /// (`tls.ca`, which the aws CLI is given as `--ca-bundle`).
+    pub fn start_tls() -> Self {
+        Self::start_in("", true)
+    }
+
+    fn start_in(settings: &str, tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("apid-e2e-")
             .tempdir()
             .expect("tempdir");
+        let tls = tls.then(|| Tls::generate(dir.path()).expect("test certificates"));
         let (port, node_port) = (free_port(), free_port());
         let config = dir.path().join("apid.toml");
         let mut toml = format!(
@@ -1410,6 +1424,12 @@ impl Apid {
         );
         if !settings.contains("database =") {
             toml.push_str(&format!("database = {:?}\n", dir.path().join("apid.db")));
+        }
+        if let Some(t) = &tls {
+            toml.push_str(&format!(
+                "tls_certificate = {:?}\ntls_key = {:?}\n",
+                t.cert, t.key
+            ));
         }
         toml.push_str(settings);
         fs::write(&config, toml).expect("write apid.toml");
@@ -1441,6 +1461,7 @@ impl Apid {
             port,
             node_port,
             key,
+            tls,
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1460,7 +1481,8 @@ impl Apid {
 
     /// The ECS API's URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// `apid <args>` (an admin verb) on its config, asserting success; its stdout.
@@ -1481,6 +1503,11 @@ impl Apid {
                 "--output",
                 "json",
             ])
+            .args(
+                self.tls
+                    .iter()
+                    .flat_map(|t| [OsStr::new("--ca-bundle"), t.ca.as_os_str()]),
+            )
             .env("AWS_ACCESS_KEY_ID", key.0)
             .env("AWS_SECRET_ACCESS_KEY", key.1)
             .env("AWS_CONFIG_FILE", "/dev/null")

@@ -294,3 +294,33 @@ fn the_aws_cli_runs_describes_and_stops_tasks() {
         "{e}"
     );
 }
+
+/// The operator API over TLS (`tls_certificate`/`tls_key`): the aws CLI trusting the test CA
+/// works, plain HTTP to the same port does not, and a client that does not trust the CA is
+/// refused at the handshake.
+#[test]
+fn the_operator_api_serves_tls_when_configured() {
+    let a = Apid::start_tls();
+    a.aws(&["create-cluster", "--cluster-name", "tls"]);
+    let l = a.aws(&["list-clusters"]);
+    assert!(l["clusterArns"].to_string().contains("cluster/tls"), "{l}");
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-X", "POST"])
+        .arg(format!("http://127.0.0.1:{}/", a.port))
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "plain HTTP answered on the TLS port"
+    );
+    let untrusted = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-X", "POST"])
+        .arg(a.endpoint())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+}

@@ -154,15 +154,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let scheduler = Scheduler::new(api.clone());
             tracing::info!(holder = %scheduler.holder(), "apid scheduling while it holds the lease");
             let app = protocol::router(api);
-            let ecs = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            });
             // The ECS API ends on ctrl-c; the node channel and the scheduler never end by
             // themselves.
-            tokio::select! {
-                served = ecs => served.context("serving the ECS API")?,
-                never = std::sync::Arc::new(channel).serve(node_listener) => match never {},
-                never = scheduler.run() => match never {},
+            let node_channel = std::sync::Arc::new(channel).serve(node_listener);
+            match (&cfg.tls_certificate, &cfg.tls_key) {
+                (Some(cert), Some(key)) => {
+                    let tls = skiff_apid::tls::server_config(cert, key)?;
+                    let config = move || std::future::ready(Some(tls.clone()));
+                    let route = move |_| std::future::ready(app.clone());
+                    let ecs = skiff_apid::tls::serve(listener, "ECS API", config, route);
+                    tracing::info!("the ECS API is served over TLS");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        never = ecs => match never {},
+                        never = node_channel => match never {},
+                        never = scheduler.run() => match never {},
+                    }
+                }
+                _ => {
+                    let ecs = axum::serve(listener, app).with_graceful_shutdown(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    });
+                    tokio::select! {
+                        served = ecs => served.context("serving the ECS API")?,
+                        never = node_channel => match never {},
+                        never = scheduler.run() => match never {},
+                    }
+                }
             }
         }
         Command::Activations { command } => match command {

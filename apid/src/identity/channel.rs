@@ -33,8 +33,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -65,9 +63,6 @@ pub enum ChannelError {
     #[error("building the TLS configuration")]
     Tls(#[source] rustls::Error),
 }
-
-/// How long a client may take to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The node channel: the CA, the server's certificate and the current TLS configuration.
 #[derive(Debug)]
@@ -163,62 +158,36 @@ impl NodeChannel {
     }
 
     /// Serves node connections on `listener` until dropped. A connection whose handshake fails
-    /// (or takes longer than [`HANDSHAKE_TIMEOUT`]) is logged and closed; a failed accept (out
+    /// (or takes longer than [`crate::tls::HANDSHAKE_TIMEOUT`]) is logged and closed; a failed accept (out
     /// of file descriptors, say) is logged and retried: neither stops the listener.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::convert::Infallible {
         let router = self.router();
-        loop {
-            let (tcp, from) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a node connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let (ch, router) = (self.clone(), router.clone());
-            tokio::spawn(async move {
-                let cfg = match ch.config().await {
-                    Ok(cfg) => cfg,
-                    Err(e) => {
+        let ch = self.clone();
+        let config = move || {
+            let ch = ch.clone();
+            async move {
+                ch.config()
+                    .await
+                    .inspect_err(|e| {
                         tracing::error!(error = %format!("{e:#}"), "node channel configuration");
-                        return;
-                    }
-                };
-                let handshake = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp);
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::info!(%from, error = %e, "node handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%from, "node handshake timed out");
-                        return;
-                    }
-                };
-                let peer = Peer(
-                    tls.get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(instance_of),
-                );
+                    })
+                    .ok()
+            }
+        };
+        let route = move |cert: Option<CertificateDer<'static>>| {
+            let (ch, router) = (self.clone(), router.clone());
+            async move {
+                let peer = Peer(cert.as_ref().and_then(instance_of));
                 // A node's first connection with a renewed certificate ends the rotation.
                 if let Some((id, serial)) = &peer.0
                     && let Err(e) = retire_older_certs(ch.api.pool(), id, serial).await
                 {
                     tracing::warn!(instance = %id, error = %e, "retiring older certificates");
                 }
-                let svc = TowerToHyperService::new(router.layer(Extension(peer)));
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await
-                {
-                    tracing::debug!(%from, error = %e, "node connection");
-                }
-            });
-        }
+                router.layer(Extension(peer))
+            }
+        };
+        crate::tls::serve(listener, "node channel", config, route).await
     }
 }
 
