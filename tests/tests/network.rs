@@ -73,6 +73,17 @@ fn serve_peer(ns: &Path, port: u16) {
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
             let peer = s.peer_addr().unwrap().ip().to_string();
+            // Read the request first: closing a socket with unread data resets the connection,
+            // and the client may then lose the answer.
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = s.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{peer}\n").as_bytes());
         }
     });
