@@ -174,6 +174,7 @@ async fn run_one(
                     attributes: vec![],
                     agent_version: "bench".into(),
                     hostname: "bench".into(),
+                    cluster: None,
                 };
                 register(&api, &ca, r).await.expect("register");
             }

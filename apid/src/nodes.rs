@@ -20,8 +20,10 @@
 //! disconnected (`agentConnected` false) once `heartbeat_timeout` passes without one, and
 //! replaces its service tasks once `disconnect_grace` passes (see [`crate::scheduler`]).
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+pub use skiff_runtime::protocol::{
+    ContainerReport, DesiredTask, SyncRequest, SyncResponse, TaskEvent,
+};
 use sqlx::Row;
 
 use crate::ecs::{Api, now};
@@ -63,124 +65,6 @@ const STATUS_ORDER: [&str; 8] = [
 
 fn rank(status: &str) -> Option<usize> {
     STATUS_ORDER.iter().position(|s| *s == status)
-}
-
-/// What a node sends to `POST /v1/sync`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SyncRequest {
-    /// The desired-state version the node holds (0 at first).
-    pub version: i64,
-    /// State changes not yet acknowledged, in the node's order.
-    #[serde(default)]
-    pub events: Vec<TaskEvent>,
-    /// How long apid may hold the answer when nothing changed, in seconds (capped by
-    /// apid's `heartbeat`); 0 answers at once.
-    #[serde(default)]
-    pub wait_seconds: u64,
-}
-
-/// One state change of a task, as the node saw it.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TaskEvent {
-    /// The node's sequence number for this event (increasing, never reused).
-    pub seq: i64,
-    /// The task's id.
-    pub task_id: String,
-    /// Its last status (ECS's: PENDING, RUNNING, STOPPED, ...).
-    pub last_status: String,
-    /// `HEALTHY`, `UNHEALTHY` or `UNKNOWN`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_status: Option<String>,
-    /// Why it stopped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped_reason: Option<String>,
-    /// ECS's stop code (`EssentialContainerExited`, `TaskFailedToStart`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_code: Option<String>,
-    /// When the node saw the change (epoch seconds).
-    pub at: f64,
-    /// When the image pull started and ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull_started_at: Option<f64>,
-    /// See `pull_started_at`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull_stopped_at: Option<f64>,
-    /// The task's ENI-style attachments (awsvpc), as ECS's `attachments`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attachments: Option<Value>,
-    /// The containers' states.
-    #[serde(default)]
-    pub containers: Vec<ContainerReport>,
-}
-
-/// A container's state in a [`TaskEvent`], in ECS `Container` field names.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ContainerReport {
-    /// The container's name in the task definition.
-    pub name: String,
-    /// Its last status.
-    pub last_status: String,
-    /// Its exit code, once it exited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    /// Why it stopped (`OutOfMemoryError: ...`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Its health.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_status: Option<String>,
-    /// Its id on the node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime_id: Option<String>,
-    /// Host port bindings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_bindings: Option<Value>,
-    /// Addresses (awsvpc).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_interfaces: Option<Value>,
-}
-
-/// What `POST /v1/sync` answers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SyncResponse {
-    /// The version of `tasks`.
-    pub version: i64,
-    /// The highest event sequence number applied: the node forgets events up to it.
-    pub acked_seq: i64,
-    /// `ACTIVE` or `DRAINING`.
-    pub instance_status: String,
-    /// How often the node must sync at least, in seconds.
-    pub heartbeat_seconds: u64,
-    /// Every task the node should hold: those to run and those to stop.
-    pub tasks: Vec<DesiredTask>,
-}
-
-/// A task as the node is told it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DesiredTask {
-    /// The task's id.
-    pub task_id: String,
-    /// Its ARN.
-    pub task_arn: String,
-    /// `RUNNING` or `STOPPED`.
-    pub desired_status: String,
-    /// Its task definition's ARN.
-    pub task_definition_arn: String,
-    /// The task definition as registered.
-    pub task_definition: Value,
-    /// RunTask's overrides.
-    pub overrides: Value,
-    /// Who started it (`ecs-svc/<deployment>` for a service's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_by: Option<String>,
-    /// Why it is to stop, when it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped_reason: Option<String>,
 }
 
 /// Merges a report into the stored containers (ECS `Container` objects) by name.

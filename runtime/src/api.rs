@@ -60,7 +60,9 @@ impl IntoResponse for DaemonError {
             DaemonError::NoSuchTask(_) | DaemonError::NoSuchContainer { .. } => {
                 StatusCode::NOT_FOUND
             }
-            DaemonError::NotRunning { .. } | DaemonError::NotStopped(_) => StatusCode::CONFLICT,
+            DaemonError::NotRunning { .. }
+            | DaemonError::NotStopped(_)
+            | DaemonError::Exists(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut msg = self.to_string();

@@ -76,6 +76,16 @@ pub struct NodeConfig {
     pub metrics_address: Option<SocketAddr>,
     /// Task networking (`[network]`): bridge, awsvpc, DNS, the metadata endpoint.
     pub network: skiff_netd::NetConfig,
+    /// The node's credentials with the control plane (`skiffd register` writes them): its
+    /// private key, which never leaves the box, its certificate and the cluster CA.
+    pub credentials_dir: PathBuf,
+    /// Memory (MiB) kept for the node itself: registration offers the rest to the control
+    /// plane (ECS_RESERVED_MEMORY).
+    pub reserved_memory: i64,
+    /// Renew the node certificate when less than this is left of it; default: a third of its
+    /// life (10 of apid's 30 days). Tests shorten the wait with a long lead.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub renew_certificate_before: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -97,6 +107,9 @@ impl Default for NodeConfig {
             stopped_task_retention: Duration::from_secs(3600),
             metrics_address: None,
             network: skiff_netd::NetConfig::default(),
+            credentials_dir: PathBuf::from("/etc/skiff/node"),
+            reserved_memory: 0,
+            renew_certificate_before: None,
         }
     }
 }
@@ -115,6 +128,16 @@ mod humantime_serde_compat {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use std::time::Duration;
+
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
     }
 }
 
@@ -164,6 +187,17 @@ impl NodeConfig {
     /// Named volumes that outlive tasks.
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")
+    }
+
+    /// The node's registration with the control plane (`skiffd register` writes it).
+    pub fn identity_file(&self) -> PathBuf {
+        self.root.join("node.json")
+    }
+
+    /// What the control-plane agent keeps across restarts: events not yet acknowledged, what it
+    /// last reported of each task, the desired state's version.
+    pub fn agent_state(&self) -> PathBuf {
+        self.root.join("agent.json")
     }
 
     /// libcontainer's state root.

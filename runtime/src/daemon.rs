@@ -10,14 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use skiff_images::{Images, ImagesConfig, Store};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::cgroups::{CGROUP_ROOT, Layout, TaskCgroup};
 use crate::config::NodeConfig;
 use crate::lifecycle::{Stop, StopCode, TaskStatus};
 use crate::orchestration::Health;
 use crate::provision::{ContainerFiles, Host, Networking};
-use crate::record::{ContainerRecord, ContainerStatus, RecordError, Records, TaskRecord, now};
+use crate::record::{
+    ContainerRecord, ContainerStatus, Origin, RecordError, Records, TaskRecord, now,
+};
 use crate::runner::{Event, Runner};
 use crate::stats::{self, TaskStats};
 use crate::taskdef::{CpuArchitecture, NetworkMode, TaskDefinition, TaskDefinitionError};
@@ -34,6 +36,9 @@ pub enum DaemonError {
     /// No task has this id (or unique id prefix).
     #[error("no task {0}")]
     NoSuchTask(String),
+    /// A task with this id exists already (the control plane's ids are the node's).
+    #[error("task {0} exists already")]
+    Exists(String),
     /// The prefix matches several tasks.
     #[error("task id prefix {0} is ambiguous")]
     Ambiguous(String),
@@ -114,6 +119,8 @@ pub struct Daemon {
     records: Records,
     cfg: Arc<NodeConfig>,
     tasks: Arc<Mutex<HashMap<String, TaskHandle>>>,
+    /// The id of every task whose record changed, for the control plane's agent.
+    changes: broadcast::Sender<String>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -282,6 +289,7 @@ impl Daemon {
             records,
             cfg: Arc::new(cfg),
             tasks: Arc::default(),
+            changes: broadcast::channel(1024).0,
         };
         let (recs, strays) = daemon.records.load_all()?;
         for dir in strays {
@@ -365,7 +373,7 @@ impl Daemon {
             self.host.clone(),
             self.records.clone(),
             rec,
-            publish,
+            (publish, self.changes.clone()),
             tx.clone(),
             events,
         );
@@ -381,8 +389,35 @@ impl Daemon {
     pub fn run_task(&self, definition: &str) -> Result<TaskRecord, DaemonError> {
         let def =
             TaskDefinition::from_json(definition).map_err(DaemonError::InvalidTaskDefinition)?;
+        self.start_task(new_task_id(), def, None)
+    }
+
+    /// Starts a task the control plane placed here, under the id it gave it (so the record,
+    /// and every report of it, is found again by that id after any restart).
+    pub fn run_placed(
+        &self,
+        task_id: &str,
+        def: TaskDefinition,
+        origin: Origin,
+    ) -> Result<TaskRecord, DaemonError> {
+        if !is_task_id(task_id) {
+            return Err(DaemonError::Unsupported(format!(
+                "task id {task_id:?} is not 32 hex digits"
+            )));
+        }
+        if self.tasks.lock().expect("task table").contains_key(task_id) {
+            return Err(DaemonError::Exists(task_id.to_owned()));
+        }
+        self.start_task(task_id.to_owned(), def, Some(origin))
+    }
+
+    fn start_task(
+        &self,
+        task_id: String,
+        def: TaskDefinition,
+        origin: Option<Origin>,
+    ) -> Result<TaskRecord, DaemonError> {
         node_supports(&def, &self.host.net).map_err(DaemonError::Unsupported)?;
-        let task_id = new_task_id();
         let containers = def
             .container_definitions
             .iter()
@@ -420,10 +455,18 @@ impl Daemon {
             stopped_at: None,
             attachments: Vec::new(),
             network: None,
+            origin,
         };
         self.records.save(&rec)?;
         self.spawn(rec.clone(), false);
+        let _ = self.changes.send(rec.task_id.clone());
         Ok(rec)
+    }
+
+    /// The feed of changed tasks: the id of a task each time its record changes (a lagging
+    /// receiver has missed some and must look at every task again).
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
     }
 
     /// Resolves a task id or unique prefix.

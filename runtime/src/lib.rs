@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod api;
 pub mod cgroups;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod logs;
 pub mod metadata;
 pub mod orchestration;
 pub mod process;
+pub mod protocol;
 pub mod provision;
 pub mod record;
 pub mod runner;

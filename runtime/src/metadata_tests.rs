@@ -90,6 +90,7 @@ fn bridge_task() -> TaskRecord {
             meta_address: None,
             ports: vec![],
         }),
+        origin: None,
     }
 }
 

@@ -156,6 +156,22 @@ pub struct TaskRecord {
     /// What netd gave it (namespace, address, ports), while it has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<skiff_netd::TaskNetwork>,
+    /// Where the control plane placed it from; None for a task run on the node itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// A task placed by the control plane: its identity there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Origin {
+    /// The task's ARN.
+    pub task_arn: String,
+    /// Its task definition's ARN.
+    pub task_definition_arn: String,
+    /// Who started it (`ecs-svc/<deployment>` for a service's task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// Seconds since the epoch, as ECS reports times.
@@ -179,6 +195,26 @@ impl TaskRecord {
     pub fn container_mut(&mut self, name: &str) -> Option<&mut ContainerRecord> {
         self.containers.iter_mut().find(|c| c.name == name)
     }
+}
+
+/// Replaces `path` with `data` so that a crash leaves the old file or the new one, never a
+/// mix: a temporary file (created with `mode`), fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
 }
 
 /// The directory of task records.
@@ -211,15 +247,8 @@ impl Records {
         let dir = self.task_dir(&rec.task_id);
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let path = dir.join("task.json");
-        let tmp = dir.join("task.json.tmp");
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&serde_json::to_vec(rec).expect("task records serialize"))
-            .map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync", &dir))
+        let data = serde_json::to_vec(rec).expect("task records serialize");
+        write_atomic(&path, &data, 0o644).map_err(io("write", &path))
     }
 
     /// Every task record; directories without one (a crash before the first save) are returned
@@ -300,6 +329,7 @@ mod tests {
             stopped_at: Some(2.5),
             attachments: vec![],
             network: None,
+            origin: None,
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::lifecycle::{Stop, StopCode, TaskEvent, TaskStatus};
@@ -59,6 +59,7 @@ pub struct Runner {
     records: Records,
     rec: TaskRecord,
     publish: watch::Sender<TaskRecord>,
+    changes: broadcast::Sender<String>,
     events: mpsc::UnboundedReceiver<Event>,
     tx: mpsc::UnboundedSender<Event>,
     shims: HashMap<String, Arc<Watched>>,
@@ -75,13 +76,13 @@ impl std::fmt::Debug for Runner {
 }
 
 impl Runner {
-    /// A runner for `rec`, publishing to `publish`, taking events from `events` (whose sender
-    /// is `tx`).
+    /// A runner for `rec`, publishing to `publish` (and the task's id to `changes`, the node's
+    /// feed of changed tasks), taking events from `events` (whose sender is `tx`).
     pub fn new(
         host: Arc<Host>,
         records: Records,
         rec: TaskRecord,
-        publish: watch::Sender<TaskRecord>,
+        (publish, changes): (watch::Sender<TaskRecord>, broadcast::Sender<String>),
         tx: mpsc::UnboundedSender<Event>,
         events: mpsc::UnboundedReceiver<Event>,
     ) -> Self {
@@ -90,6 +91,7 @@ impl Runner {
             records,
             rec,
             publish,
+            changes,
             events,
             tx,
             shims: HashMap::new(),
@@ -110,6 +112,8 @@ impl Runner {
             tracing::error!(task = %self.rec.task_id, error = %e, "persisting the task record");
         }
         self.publish.send_replace(self.rec.clone());
+        // Nobody listening (no control plane) is not an error.
+        let _ = self.changes.send(self.rec.task_id.clone());
     }
 
     /// Applies a lifecycle event; an invalid one is a bug, logged and ignored.

@@ -1039,6 +1039,13 @@ pub const BUSYBOX: &str = "local/bb:1";
 impl Skiffd {
     /// Starts a skiffd with `extra` appended to its config.
     pub fn start(extra: &str) -> Self {
+        let mut d = Self::prepare(extra);
+        d.spawn();
+        d
+    }
+
+    /// A node ready to start (its namespace, config and the test image), not started yet.
+    pub fn prepare(extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skiffd-e2e-")
             .tempdir()
@@ -1054,14 +1061,15 @@ impl Skiffd {
         fs::write(
             &config,
             format!(
-                "root = {root:?}\nrun_dir = {run_dir:?}\nimages_config = {images:?}\ncgroup_parent = {cgroup_parent:?}\nimage_pull_behavior = \"prefer-cached\"\n{extra}\n"
+                "root = {root:?}\nrun_dir = {run_dir:?}\nimages_config = {images:?}\ncgroup_parent = {cgroup_parent:?}\nimage_pull_behavior = \"prefer-cached\"\ncredentials_dir = {creds:?}\n{extra}\n",
+                creds = dir.path().join("creds"),
             ),
         )
         .expect("write skiffd.toml");
         let netns = dir.path().join("node.netns");
         skiff_netd::nsfs::bind_new(nix::sched::CloneFlags::CLONE_NEWNET, &netns)
             .expect("make the node's network namespace");
-        let mut d = Self {
+        let d = Self {
             dir,
             root,
             run_dir,
@@ -1083,7 +1091,6 @@ impl Skiffd {
             .output()
             .expect("run skiff image load");
         assert!(out.status.success(), "load: {out:?}");
-        d.spawn();
         d
     }
 
@@ -1386,6 +1393,8 @@ pub struct Apid {
     pub port: u16,
     /// The node channel's port.
     pub node_port: u16,
+    /// The node channel's address.
+    pub node_addr: String,
     /// The access key (id, secret).
     pub key: (String, String),
     /// The operator API's TLS files, when it serves TLS.
@@ -1411,7 +1420,17 @@ impl Apid {
         Self::start_in("", true)
     }
 
+    /// Starts one whose node channel listens on `node_addr` (the control network's address,
+    /// which nodes in their own namespaces reach), with more settings.
+    pub fn start_for_nodes(node_addr: &str, settings: &str) -> Self {
+        Self::start_on(node_addr, settings, false)
+    }
+
     fn start_in(settings: &str, tls: bool) -> Self {
+        Self::start_on("127.0.0.1", settings, tls)
+    }
+
+    fn start_on(node_addr: &str, settings: &str, tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("apid-e2e-")
             .tempdir()
@@ -1420,7 +1439,7 @@ impl Apid {
         let (port, node_port) = (free_port(), free_port());
         let config = dir.path().join("apid.toml");
         let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\nnode_listen = \"127.0.0.1:{node_port}\"\nnode_channel_names = [\"localhost\", \"127.0.0.1\"]\n"
+            "listen = \"127.0.0.1:{port}\"\nnode_listen = \"{node_addr}:{node_port}\"\nnode_channel_names = [\"localhost\", \"127.0.0.1\", \"{node_addr}\"]\n"
         );
         if !settings.contains("database =") {
             toml.push_str(&format!("database = {:?}\n", dir.path().join("apid.db")));
@@ -1445,33 +1464,57 @@ impl Apid {
                 .unwrap_or_default()
                 .to_owned(),
         );
-        let log = fs::File::create(dir.path().join("apid.log")).expect("apid log");
-        let child = Command::new(workspace_bin("skiff-apid"))
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn apid");
+        let child = Self::spawn(&config, &dir.path().join("apid.log"));
         let a = Self {
             dir,
             config,
             port,
             node_port,
+            node_addr: node_addr.to_owned(),
             key,
             tls,
             child,
         };
+        a.wait_ready();
+        a
+    }
+
+    fn spawn(config: &Path, log: &Path) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("apid log");
+        Command::new(workspace_bin("skiff-apid"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn apid")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-            || std::net::TcpStream::connect(("127.0.0.1", node_port)).is_err()
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || std::net::TcpStream::connect((self.node_addr.as_str(), self.node_port)).is_err()
         {
-            assert!(Instant::now() < deadline, "apid did not start: {}", a.log());
+            assert!(
+                Instant::now() < deadline,
+                "apid did not start: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        a
+    }
+
+    /// Starts it again on the same configuration and database (after [`Apid::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.config, &self.path("apid.log"));
+        self.wait_ready();
     }
 
     /// A file in its scratch directory.
@@ -1683,5 +1726,238 @@ fn apid_admin(config: &Path, args: &[&str]) -> String {
 impl Drop for Apid {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The network between apid and nodes that run in namespaces of their own, standing in for the
+/// LAN or WAN of separate boxes: a bridge in the host's namespace with `ADDR`/24, which apid's
+/// node channel listens on, and one veth per node (`eth0` inside the node's namespace, its
+/// default route through the bridge). Cutting a node off is `ip link set eth0 down` in its
+/// namespace. Removed on drop.
+pub struct ControlNet {
+    bridge: String,
+    links: std::sync::Mutex<Vec<String>>,
+}
+
+impl ControlNet {
+    /// The bridge's (apid's) address.
+    pub const ADDR: &'static str = "10.254.77.1";
+
+    /// Makes the bridge.
+    pub fn new() -> Self {
+        let bridge = format!("skctl{}", std::process::id() % 100_000);
+        let _ = Command::new("ip")
+            .args(["link", "del", &bridge])
+            .stderr(Stdio::null())
+            .status();
+        let script = format!(
+            "ip link add {bridge} type bridge && ip addr add {}/24 dev {bridge} && ip link set {bridge} up",
+            Self::ADDR
+        );
+        sh(Command::new("sh").args(["-c", &script])).expect("make the control bridge");
+        Self {
+            bridge,
+            links: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Connects `node` as host number `k` (2..=250) of the control network.
+    pub fn attach(&self, node: &Skiffd, k: u8) {
+        let host_side = format!("{}v{k}", self.bridge);
+        let script = format!(
+            "ip link add {host_side} type veth peer name eth0 netns {ns} && ip link set {host_side} master {br} up",
+            ns = node.netns.display(),
+            br = self.bridge
+        );
+        sh(Command::new("sh").args(["-c", &script])).expect("attach a node");
+        let prefix = Self::ADDR.rsplit_once('.').map_or("", |(p, _)| p);
+        node.sh(&format!(
+            "ip addr add {prefix}.{k}/24 dev eth0 && ip link set eth0 up && ip route add default via {}",
+            Self::ADDR
+        ));
+        self.links.lock().expect("links").push(host_side);
+    }
+}
+
+impl Default for ControlNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ControlNet {
+    fn drop(&mut self) {
+        for l in self.links.lock().expect("links").iter() {
+            let _ = Command::new("ip")
+                .args(["link", "del", l])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+impl Skiffd {
+    /// `skiffd register` of this node with `apid` (whose `ca.pem` it trusts) and the
+    /// activation, in the node's namespace; the command's output.
+    pub fn register(&self, apid: &Apid, activation: &(String, String), more: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(workspace_bin("skiffd"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("register")
+            .arg("--endpoint")
+            .arg(format!("https://{}:{}", apid.node_addr, apid.node_port))
+            .arg("--ca-cert")
+            .arg(apid.path("ca.pem"))
+            .args(["--activation-id", &activation.0])
+            .args(["--activation-code", &activation.1])
+            .args(more)
+            .output()
+            .expect("run skiffd register")
+    }
+
+    /// A node registered with `apid`, attached to `net` as host `k`, started: it syncs.
+    pub fn registered(
+        net: &ControlNet,
+        k: u8,
+        apid: &Apid,
+        activation: &(String, String),
+        more: &[&str],
+        extra: &str,
+    ) -> Self {
+        let mut d = Self::prepare(extra);
+        net.attach(&d, k);
+        let out = d.register(apid, activation, more);
+        assert!(
+            out.status.success(),
+            "skiffd register: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d.spawn();
+        d
+    }
+}
+
+/// ECS API helpers over the aws CLI, for the suites that drive apid (cluster `edge`).
+pub mod ecs {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+
+    use super::Apid;
+
+    /// Polls `f` every 250 ms until it returns `Some`, for at most `secs`.
+    pub fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn service(a: &Apid, name: &str) -> Value {
+        a.aws(&["describe-services", "--cluster", "edge", "--services", name])["services"][0]
+            .clone()
+    }
+
+    /// Waits until `name` is steady (one deployment, running = desired) with `desired` tasks, then
+    /// checks the aws CLI's waiter agrees.
+    pub fn stable(a: &Apid, name: &str, desired: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let s = loop {
+            let s = service(a, name);
+            if s["deployments"].as_array().map(Vec::len) == Some(1)
+                && s["runningCount"] == desired
+                && s["desiredCount"] == desired
+                && s["deployments"][0]["rolloutState"] == "COMPLETED"
+            {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service {name} not stable at {desired}: {s:#}\n{}",
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        a.aws(&[
+            "wait",
+            "services-stable",
+            "--cluster",
+            "edge",
+            "--services",
+            name,
+        ]);
+        s
+    }
+
+    /// The ids of the service's tasks that are meant to run.
+    pub fn service_tasks(a: &Apid, name: &str) -> Vec<Value> {
+        let arns = a.aws(&["list-tasks", "--cluster", "edge", "--service-name", name])["taskArns"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if arns.is_empty() {
+            return Vec::new();
+        }
+        let mut args = vec!["describe-tasks", "--cluster", "edge", "--tasks"];
+        let arns: Vec<String> = arns
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        args.extend(arns.iter().map(String::as_str));
+        a.aws(&args)["tasks"].as_array().unwrap().clone()
+    }
+
+    pub fn task_ids(tasks: &[Value]) -> BTreeSet<String> {
+        tasks
+            .iter()
+            .map(|t| {
+                t["taskArn"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// `aws ecs update-container-instances-state` of `instance`.
+    pub fn set_state(a: &Apid, instance: &str, status: &str) {
+        a.aws(&[
+            "update-container-instances-state",
+            "--cluster",
+            "edge",
+            "--container-instances",
+            instance,
+            "--status",
+            status,
+        ]);
+    }
+
+    /// `aws ecs create-service` in cluster edge, with more arguments.
+    pub fn create_service(a: &Apid, name: &str, task_definition: &str, more: &[&str]) -> Value {
+        let mut args = vec![
+            "create-service",
+            "--cluster",
+            "edge",
+            "--service-name",
+            name,
+            "--task-definition",
+            task_definition,
+        ];
+        args.extend_from_slice(more);
+        a.aws(&args)
     }
 }

@@ -15,125 +15,19 @@
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
+use skiff_tests::ecs::{
+    create_service, service, service_tasks, set_state, stable, task_ids, until,
+};
 use skiff_tests::{Apid, SimNodes};
 
 const FAST: &str =
     "heartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\ndisconnect_grace_seconds = 6\n";
 
-/// Polls `f` every 250 ms until it returns `Some`, for at most `secs`.
-fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn service(a: &Apid, name: &str) -> Value {
-    a.aws(&["describe-services", "--cluster", "edge", "--services", name])["services"][0].clone()
-}
-
-/// Waits until `name` is steady (one deployment, running = desired) with `desired` tasks, then
-/// checks the aws CLI's waiter agrees.
-fn stable(a: &Apid, name: &str, desired: i64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let s = loop {
-        let s = service(a, name);
-        if s["deployments"].as_array().map(Vec::len) == Some(1)
-            && s["runningCount"] == desired
-            && s["desiredCount"] == desired
-            && s["deployments"][0]["rolloutState"] == "COMPLETED"
-        {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "service {name} not stable at {desired}: {s:#}\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    a.aws(&[
-        "wait",
-        "services-stable",
-        "--cluster",
-        "edge",
-        "--services",
-        name,
-    ]);
-    s
-}
-
-/// The ids of the service's tasks that are meant to run.
-fn service_tasks(a: &Apid, name: &str) -> Vec<Value> {
-    let arns = a.aws(&["list-tasks", "--cluster", "edge", "--service-name", name])["taskArns"]
-        .as_array()
-        .unwrap()
-        .clone();
-    if arns.is_empty() {
-        return Vec::new();
-    }
-    let mut args = vec!["describe-tasks", "--cluster", "edge", "--tasks"];
-    let arns: Vec<String> = arns
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
-    args.extend(arns.iter().map(String::as_str));
-    a.aws(&args)["tasks"].as_array().unwrap().clone()
-}
-
 /// Node `k`'s count of the tasks in `ids`.
 fn on_node(nodes: &SimNodes, k: usize, ids: &BTreeSet<String>) -> usize {
     nodes.running(k).iter().filter(|t| ids.contains(*t)).count()
-}
-
-fn task_ids(tasks: &[Value]) -> BTreeSet<String> {
-    tasks
-        .iter()
-        .map(|t| {
-            t["taskArn"]
-                .as_str()
-                .unwrap()
-                .rsplit('/')
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
-/// `aws ecs update-container-instances-state` of `instance`.
-fn set_state(a: &Apid, instance: &str, status: &str) {
-    a.aws(&[
-        "update-container-instances-state",
-        "--cluster",
-        "edge",
-        "--container-instances",
-        instance,
-        "--status",
-        status,
-    ]);
-}
-
-/// `aws ecs create-service` in cluster edge, with more arguments.
-fn create_service(a: &Apid, name: &str, task_definition: &str, more: &[&str]) -> Value {
-    let mut args = vec![
-        "create-service",
-        "--cluster",
-        "edge",
-        "--service-name",
-        name,
-        "--task-definition",
-        task_definition,
-    ];
-    args.extend_from_slice(more);
-    a.aws(&args)
 }
 
 /// `aws ecs update-service` of service web to `task_definition`.

@@ -275,15 +275,10 @@ async fn renew_route(
     Extension(peer): Extension<Peer>,
     body: axum::body::Bytes,
 ) -> Response {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Renew {
-        csr: String,
-    }
     let Some((id, _)) = peer.0 else {
         return no_certificate();
     };
-    let r: Renew = match serde_json::from_slice(&body) {
+    let r: skiff_runtime::protocol::RenewRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")),
     };

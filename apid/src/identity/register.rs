@@ -9,7 +9,7 @@
 //! [`Api::register_instance`], outside the activation's statement: SQLite allows one writer, so
 //! the two cannot share a transaction without the instance insert waiting on itself.)
 
-use serde::{Deserialize, Serialize};
+pub use skiff_runtime::protocol::{RegisterRequest, Registered, Renewed};
 
 use super::activations::{self, ActivationError};
 use super::ca::{Ca, CaError};
@@ -45,46 +45,6 @@ pub enum RegisterError {
         /// What failed.
         detail: String,
     },
-}
-
-/// What a node sends to `POST /register`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RegisterRequest {
-    /// The activation's id.
-    pub activation_id: String,
-    /// The activation's code.
-    pub activation_code: String,
-    /// The node's certificate request, PEM.
-    pub csr: String,
-    /// CPU units offered (1024 per core).
-    pub cpu: i64,
-    /// Memory offered, MiB.
-    pub memory: i64,
-    /// Host ports the node itself uses.
-    #[serde(default)]
-    pub reserved_ports: Vec<u16>,
-    /// Attributes (`ecs.cpu-architecture`, `ecs.os-type`, custom).
-    #[serde(default)]
-    pub attributes: Vec<Attribute>,
-    /// The agent's version.
-    pub agent_version: String,
-    /// The node's hostname.
-    pub hostname: String,
-}
-
-/// What registration returns.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Registered {
-    /// The container instance's ARN.
-    pub container_instance_arn: String,
-    /// Its id (the certificate's CN).
-    pub container_instance_id: String,
-    /// The node's certificate, PEM.
-    pub certificate_pem: String,
-    /// The cluster CA, PEM: what the node pins from now on.
-    pub ca_pem: String,
 }
 
 fn validate(r: &RegisterRequest) -> Result<(), RegisterError> {
@@ -183,27 +143,35 @@ pub async fn retire_older_certs(
     Ok(done.rows_affected() > 0)
 }
 
-/// What a renewal returns.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Renewed {
-    /// The new certificate, PEM.
-    pub certificate_pem: String,
-    /// When it expires, epoch seconds: the node renews when a third of its life is left.
-    pub not_after: f64,
-}
-
 /// Registers a node (see the module's documentation).
 pub async fn register(api: &Api, ca: &Ca, r: RegisterRequest) -> Result<Registered, RegisterError> {
     validate(&r)?;
     let csr = Ca::parse_csr(&r.csr).map_err(RegisterError::Csr)?;
     let pool = api.pool();
     let cluster = activations::consume(pool, &r.activation_id, &r.activation_code).await?;
+    if let Some(want) = &r.cluster
+        && *want != cluster
+        && !want.ends_with(&format!(":cluster/{cluster}"))
+    {
+        activations::give_back(pool, &r.activation_id).await?;
+        return Err(RegisterError::Invalid(format!(
+            "the activation is for cluster {cluster}, not {want}"
+        )));
+    }
     let node = NodeInfo {
         cpu: r.cpu,
         memory: r.memory,
         reserved_ports: r.reserved_ports,
-        attributes: r.attributes,
+        attributes: r
+            .attributes
+            .into_iter()
+            .map(|a| Attribute {
+                name: a.name,
+                value: a.value,
+                target_type: None,
+                target_id: None,
+            })
+            .collect(),
         agent_version: r.agent_version,
         hostname: r.hostname,
     };

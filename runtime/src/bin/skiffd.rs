@@ -1,14 +1,17 @@
 //! `skiffd`: the Skiff node daemon. Runs tasks (see `skiff_runtime::daemon`), serves the local
-//! API on a root-only unix socket and the ECS task metadata endpoint to tasks. Stopping or
-//! killing skiffd leaves tasks running: each container belongs to its shim, and the next skiffd
-//! finds them again.
+//! API on a root-only unix socket and the ECS task metadata endpoint to tasks, and, once the
+//! node is registered (`skiffd register`), syncs with the control plane
+//! (`skiff_runtime::agent`). Stopping or killing skiffd leaves tasks running: each container
+//! belongs to its shim, and the next skiffd finds them again.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use skiff_runtime::agent::Agent;
+use skiff_runtime::agent::identity::{Credentials, Endpoint, Registration};
 use skiff_runtime::config::{DEFAULT_CONFIG_PATH, NodeConfig};
 use skiff_runtime::daemon::Daemon;
 
@@ -16,8 +19,38 @@ use skiff_runtime::daemon::Daemon;
 #[command(name = "skiffd", version, about = "Skiff node daemon")]
 struct Args {
     /// Node configuration file (missing: defaults).
-    #[arg(long, default_value = DEFAULT_CONFIG_PATH, env = "SKIFFD_CONFIG")]
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "SKIFFD_CONFIG")]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Register this node with a control plane, as ecs-anywhere-install.sh does: makes the
+    /// node's key, sends a CSR with the activation, keeps the certificate and the CA.
+    Register {
+        /// apid's node channel, https://HOST:PORT.
+        #[arg(long)]
+        endpoint: String,
+        /// The cluster CA certificate (PEM) to verify apid with (`skiff control ca-cert`).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// The activation's id.
+        #[arg(long)]
+        activation_id: String,
+        /// The activation's code.
+        #[arg(long)]
+        activation_code: String,
+        /// The cluster the activation should be for (refused if it is for another).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// A custom attribute, NAME=VALUE (repeatable).
+        #[arg(long = "attribute", value_name = "NAME=VALUE")]
+        attributes: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +72,43 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(&args.config)?;
+    match args.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cfg),
+        Command::Register {
+            endpoint,
+            ca_cert,
+            activation_id,
+            activation_code,
+            cluster,
+            attributes,
+        } => {
+            let r = Registration {
+                endpoint: Endpoint::try_from(endpoint)?,
+                ca_cert,
+                activation_id,
+                activation_code,
+                cluster,
+                attributes,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let id = rt.block_on(Credentials::of(&cfg).register(&cfg, &r))?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "containerInstanceArn": id.container_instance_arn,
+                    "cluster": id.cluster(),
+                    "endpoint": id.endpoint,
+                })
+            );
+            Ok(())
+        }
+    }
+}
+
+fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -48,7 +118,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async {
         let socket = cfg.socket();
         let metrics = cfg.metrics_address;
+        let agent_cfg = cfg.clone();
         let daemon = Daemon::start(cfg).await?;
+        match Agent::new(daemon.clone(), &agent_cfg)? {
+            Some(agent) => {
+                tokio::spawn(async move {
+                    if let Err(e) = agent.run().await {
+                        tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "the control-plane agent stopped: tasks keep running, nothing more is reported");
+                    }
+                });
+            }
+            None => tracing::info!("not registered with a control plane: standalone"),
+        }
         if let Some(addr) = metrics {
             let d = daemon.clone();
             tokio::spawn(async move {

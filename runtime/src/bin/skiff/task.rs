@@ -45,6 +45,9 @@ pub enum TaskCommand {
         /// Print task ids only.
         #[arg(short, long)]
         quiet: bool,
+        /// Print the records as JSON.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
     },
     /// Show a task as JSON (ECS DescribeTasks' shape).
     Describe {
@@ -170,12 +173,16 @@ pub fn run(api: &Api, cmd: TaskCommand) -> anyhow::Result<u8> {
                 }
                 Ok(0)
             }
-            TaskCommand::Ls { all, quiet } => {
+            TaskCommand::Ls { all, quiet, json } => {
                 let recs: Vec<TaskRecord> =
                     client.call(Method::GET, "/v1/tasks", Bytes::new()).await?;
                 let shown = recs
                     .iter()
                     .filter(|r| all || !matches!(r.status, TaskStatus::Stopped(_)));
+                if json {
+                    println!("{}", serde_json::to_string(&shown.collect::<Vec<_>>())?);
+                    return Ok(0);
+                }
                 if !quiet {
                     println!(
                         "{:<32}  {:<20}  {:<14}  {:<8}  CONTAINERS",
