@@ -22,6 +22,12 @@
 //! - `RevokeNodeCertificate {serial}`: the node channel reads revoked serials at each handshake,
 //!   so the node holding it is refused from its next connection on.
 //!
+//! - `GetTaskLogs {cluster?, task, container?, tail?}` -> `{lines: [{log, stream, time}]}`,
+//!   `GetTaskStats {cluster?, task}` -> the node's stats of the task, and
+//!   `ExecInTask {cluster?, task, container, command, timeoutSeconds?}` -> `{exitCode, stdout,
+//!   stderr}`: asked of the node that runs the task, over its own connection
+//!   ([`crate::nodes`]), since nodes sit behind NAT.
+//!
 //! This module is a thin adapter over [`crate::identity`] and [`crate::keys`]: it parses the
 //! request, calls the domain function and names what was wrong in an [`ApiError`].
 
@@ -34,6 +40,7 @@ use crate::error::ApiError;
 use crate::identity::activations::{self, ActivationError};
 use crate::identity::ca::Ca;
 use crate::keys;
+use crate::nodes::Ask;
 
 /// The target prefix of Skiff's control actions.
 pub const TARGET_PREFIX: &str = "SkiffControlV1.";
@@ -86,6 +93,21 @@ struct Serial {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Empty {}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskAsk {
+    cluster: Option<String>,
+    task: String,
+    container: Option<String>,
+    tail: Option<usize>,
+    #[serde(default)]
+    command: Vec<String>,
+    timeout_seconds: Option<u64>,
+}
+
+/// How long an operator's request waits for the node, beyond the exec's own time.
+const ASK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The action's request from its body (an empty body is `{}`).
 fn parse<T: DeserializeOwned>(action: &str, body: &[u8]) -> Result<T, ApiError> {
@@ -249,6 +271,37 @@ pub async fn call(api: &Api, caller: &str, action: &str, body: &[u8]) -> Result<
                 )),
                 None => ApiError::NotFound(format!("no node certificate with serial {serial}")),
             })
+        }
+        "GetTaskLogs" | "GetTaskStats" | "ExecInTask" => {
+            let r: TaskAsk = parse(action, body)?;
+            let cluster =
+                crate::ecs::clusters::cluster_name(r.cluster.as_deref().unwrap_or("default"))?;
+            let mut wait = ASK_WAIT;
+            let ask = match action {
+                "GetTaskLogs" => Ask::Logs {
+                    container: r.container,
+                    tail: r.tail,
+                },
+                "GetTaskStats" => Ask::Stats,
+                _ => {
+                    let container = r.container.ok_or_else(|| {
+                        ApiError::InvalidParameter("ExecInTask: container is required".into())
+                    })?;
+                    if r.command.is_empty() {
+                        return Err(ApiError::InvalidParameter(
+                            "ExecInTask: command is required".into(),
+                        ));
+                    }
+                    let timeout_seconds = r.timeout_seconds.unwrap_or(60).clamp(1, 600);
+                    wait += std::time::Duration::from_secs(timeout_seconds);
+                    Ask::Exec {
+                        container,
+                        command: r.command,
+                        timeout_seconds,
+                    }
+                }
+            };
+            api.ask_node(&cluster, &r.task, ask, wait).await
         }
         other => Err(ApiError::UnknownOperation(format!(
             "{TARGET_PREFIX}{other} is not an action"

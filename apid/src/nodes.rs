@@ -22,7 +22,7 @@
 
 use serde_json::{Map, Value};
 pub use skiff_runtime::protocol::{
-    ContainerReport, DesiredTask, SyncRequest, SyncResponse, TaskEvent,
+    Ask, ContainerReport, DesiredTask, NodeReply, NodeRequest, SyncRequest, SyncResponse, TaskEvent,
 };
 use sqlx::Row;
 
@@ -139,9 +139,25 @@ impl Api {
             .fetch_optional(&mut *tx)
             .await
             .map_err(store)?;
-            let Some(row) = row else {
-                tracing::warn!(instance, task = %ev.task_id, "a report for a task this node does not hold; ignored");
-                continue;
+            let row = match (row, &ev.replaces) {
+                (Some(row), _) => row,
+                (None, Some(old)) => {
+                    match self
+                        .adopt(&mut tx, instance, &ev.task_id, old)
+                        .await
+                        .map_err(store)?
+                    {
+                        Some(row) => row,
+                        None => {
+                            tracing::warn!(instance, task = %ev.task_id, replaces = %old, "a replacement for a task that is not a service task of this node; ignored");
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => {
+                    tracing::warn!(instance, task = %ev.task_id, "a report for a task this node does not hold; ignored");
+                    continue;
+                }
             };
             let (last, containers): (String, String) = (row.get(0), row.get(1));
             if rank(&last).is_some_and(|r| r > new_rank) {
@@ -195,6 +211,89 @@ impl Api {
             self.changed();
         }
         Ok(acked)
+    }
+
+    /// Records `task`, which the node started while offline to replace service task `old` of
+    /// the same node, as a task of `old`'s service (same definition, deployment, group).
+    /// It is to run when `old` stopped on its own (failed to start, essential container
+    /// exited) and to stop when apid had asked `old` to stop (replaced elsewhere past the grace
+    /// period, scaled in, stopped by a user): the node then stops it. Its row (`last_status`,
+    /// `containers`) for the report to be applied to; None when `old` is not such a task.
+    async fn adopt(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        instance: &str,
+        task: &str,
+        old: &str,
+    ) -> Result<Option<sqlx::any::AnyRow>, sqlx::Error> {
+        let row: Option<(String, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT cluster, containers, stop_code, desired_status FROM tasks
+             WHERE id = $1 AND container_instance = $2 AND started_by LIKE 'ecs-svc/%'",
+        )
+        .bind(old)
+        .bind(instance)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((cluster, containers, stop_code, desired)) = row else {
+            return Ok(None);
+        };
+        let on_its_own = desired == "RUNNING"
+            || stop_code
+                .as_deref()
+                .is_none_or(|c| c == "TaskFailedToStart" || c == "EssentialContainerExited");
+        let containers: Vec<Value> = serde_json::from_str::<Vec<Value>>(&containers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| {
+                let mut fresh = serde_json::json!({
+                    "containerArn": self.arn(&format!("container/{cluster}/{task}/{}", crate::ecs::random_id())),
+                });
+                for k in ["name", "image", "cpu", "memory", "memoryReservation"] {
+                    if let Some(v) = c.get(k) {
+                        fresh[k] = v.clone();
+                    }
+                }
+                fresh
+            })
+            .collect();
+        let (desired, reason) = if on_its_own {
+            ("RUNNING", None)
+        } else {
+            (
+                "STOPPED",
+                Some("Started by the node while offline; the service no longer needs it there"),
+            )
+        };
+        sqlx::query(
+            "INSERT INTO tasks (id, cluster, container_instance, family, revision, desired_status,
+                last_status, cpu, memory, host_ports, started_by, task_group, created_at,
+                stopped_reason, stop_code, containers, overrides, tags, deployment)
+             SELECT $1, cluster, container_instance, family, revision, $2, 'PROVISIONING', cpu,
+                memory, host_ports, started_by, task_group, $3, $4, $5, $6, overrides, tags,
+                deployment
+             FROM tasks WHERE id = $7",
+        )
+        .bind(task)
+        .bind(desired)
+        .bind(now())
+        .bind(reason)
+        .bind(reason.map(|_| "ServiceSchedulerInitiated"))
+        .bind(Value::from(containers).to_string())
+        .bind(old)
+        .execute(&mut *tx)
+        .await?;
+        crate::ecs::bump_desired(tx, [instance]).await?;
+        tracing::info!(
+            instance,
+            task,
+            replaces = old,
+            desired,
+            "adopted a task the node started while offline"
+        );
+        sqlx::query("SELECT last_status, containers FROM tasks WHERE id = $1")
+            .bind(task)
+            .fetch_optional(&mut *tx)
+            .await
     }
 
     /// The instance's desired-state version.
@@ -268,7 +367,9 @@ impl Api {
         // Changes made by this apid wake the wait at once; other replicas' are seen by
         // re-reading the version every second.
         let mut version = self.desired_version(instance).await?;
-        while version == r.version && tokio::time::Instant::now() < deadline {
+        let mut requests = self.take_requests(instance).await?;
+        while version == r.version && requests.is_empty() && tokio::time::Instant::now() < deadline
+        {
             let tick = std::time::Duration::from_secs(1);
             let _ = tokio::time::timeout_at(
                 deadline.min(tokio::time::Instant::now() + tick),
@@ -276,6 +377,7 @@ impl Api {
             )
             .await;
             version = self.desired_version(instance).await?;
+            requests = self.take_requests(instance).await?;
         }
         let instance_status = self.instance_status(instance).await?;
         Ok(SyncResponse {
@@ -284,7 +386,145 @@ impl Api {
             instance_status,
             heartbeat_seconds: heartbeat,
             tasks: self.desired_tasks(instance).await?,
+            requests,
         })
+    }
+
+    /// The requests for `instance` not delivered yet, marked delivered (a request whose answer
+    /// is lost is not delivered again: the operator's call times out and can be retried).
+    async fn take_requests(&self, instance: &str) -> Result<Vec<NodeRequest>, NodeError> {
+        let store = |source| NodeError::Store {
+            instance: instance.to_owned(),
+            source,
+        };
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, body FROM node_requests WHERE instance = $1 AND sent_at IS NULL ORDER BY created_at",
+        )
+        .bind(instance)
+        .fetch_all(self.pool())
+        .await
+        .map_err(store)?;
+        let mut out = Vec::new();
+        for (id, body) in rows {
+            let taken = sqlx::query(
+                "UPDATE node_requests SET sent_at = $1 WHERE id = $2 AND sent_at IS NULL",
+            )
+            .bind(now())
+            .bind(&id)
+            .execute(self.pool())
+            .await
+            .map_err(store)?;
+            if taken.rows_affected() == 1
+                && let Ok(req) = serde_json::from_str(&body)
+            {
+                out.push(req);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records `instance`'s answer to one of its requests.
+    pub async fn reply(&self, instance: &str, reply: &NodeReply) -> Result<(), NodeError> {
+        let done = sqlx::query(
+            "UPDATE node_requests SET reply = $1 WHERE id = $2 AND instance = $3 AND reply IS NULL",
+        )
+        .bind(serde_json::to_string(reply).expect("replies serialize"))
+        .bind(&reply.id)
+        .bind(instance)
+        .execute(self.pool())
+        .await
+        .map_err(|source| NodeError::Store {
+            instance: instance.to_owned(),
+            source,
+        })?;
+        if done.rows_affected() == 0 {
+            return Err(NodeError::Invalid(format!(
+                "no open request {} for this node",
+                reply.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Asks the node that runs task `task` (id or ARN) of `cluster` and waits for its answer:
+    /// the relay behind `skiff control logs/stats/exec`.
+    pub async fn ask_node(
+        &self,
+        cluster: &str,
+        task: &str,
+        ask: Ask,
+        wait: std::time::Duration,
+    ) -> Result<Value, crate::error::ApiError> {
+        use crate::error::ApiError;
+        let task_id = task.rsplit('/').next().unwrap_or(task);
+        let row: Option<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT t.container_instance, COALESCE(i.agent_connected, 0)
+             FROM tasks t LEFT JOIN container_instances i ON i.id = t.container_instance
+             WHERE t.id = $1 AND t.cluster = $2",
+        )
+        .bind(task_id)
+        .bind(cluster)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((Some(instance), connected)) = row else {
+            return Err(ApiError::InvalidParameter(format!(
+                "task {task} is not in cluster {cluster}, or was never placed"
+            )));
+        };
+        if connected == 0 {
+            return Err(ApiError::Client(format!(
+                "container instance {instance} of task {task} is not connected: its node cannot be asked now"
+            )));
+        }
+        let id = crate::ecs::random_id();
+        let req = NodeRequest {
+            id: id.clone(),
+            task_id: task_id.to_owned(),
+            ask,
+        };
+        sqlx::query(
+            "INSERT INTO node_requests (id, instance, body, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(&instance)
+        .bind(serde_json::to_string(&req).expect("requests serialize"))
+        .bind(now())
+        .execute(self.pool())
+        .await?;
+        self.changed();
+        let deadline = tokio::time::Instant::now() + wait;
+        let reply = loop {
+            let r: Option<(Option<String>,)> =
+                sqlx::query_as("SELECT reply FROM node_requests WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(self.pool())
+                    .await?;
+            if let Some((Some(reply),)) = r {
+                break Some(reply);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        sqlx::query("DELETE FROM node_requests WHERE id = $1")
+            .bind(&id)
+            .execute(self.pool())
+            .await?;
+        let Some(reply) = reply else {
+            return Err(ApiError::Client(format!(
+                "container instance {instance} did not answer within {wait:?}"
+            )));
+        };
+        let reply: NodeReply = serde_json::from_str(&reply)
+            .map_err(|e| ApiError::Server(format!("a stored reply: {e}")))?;
+        match (reply.result, reply.error) {
+            (Some(v), _) => Ok(v),
+            (None, e) => Err(ApiError::InvalidParameter(format!(
+                "container instance {instance}: {}",
+                e.unwrap_or_default()
+            ))),
+        }
     }
 }
 

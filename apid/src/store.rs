@@ -261,6 +261,23 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             EXECUTE FUNCTION skiff_placement_changed()",
         ],
     ),
+    (
+        4,
+        &[
+            // Operators' requests about a node's tasks (logs, stats, exec), relayed over the
+            // node's own connection: delivered in a sync answer (sent_at), answered by the
+            // node (reply), read and deleted by the apid replica that asked.
+            "CREATE TABLE IF NOT EXISTS node_requests (
+            id TEXT PRIMARY KEY,
+            instance TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            sent_at DOUBLE PRECISION,
+            reply TEXT
+        )",
+            "CREATE INDEX IF NOT EXISTS node_requests_instance ON node_requests (instance, sent_at)",
+        ],
+    ),
 ];
 
 /// apid's database.

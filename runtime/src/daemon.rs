@@ -110,6 +110,21 @@ pub struct ExecTarget {
     pub shim: PathBuf,
 }
 
+impl ExecTarget {
+    /// The shim's exec of `command` in the container, with a terminal when `tty`.
+    pub fn command(&self, tty: bool, command: &[String]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.shim);
+        cmd.arg("--state-root")
+            .arg(&self.state_root)
+            .args(["exec", "--id", &self.runtime_id]);
+        if tty {
+            cmd.arg("--tty");
+        }
+        cmd.arg("--").args(command);
+        cmd
+    }
+}
+
 /// The node's task service.
 #[derive(Clone)]
 pub struct Daemon {
@@ -132,7 +147,7 @@ impl std::fmt::Debug for Daemon {
 }
 
 /// A fresh task id: 32 hex digits, as ECS's.
-fn new_task_id() -> String {
+pub fn new_task_id() -> String {
     let mut bytes = [0u8; 16];
     let ok = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))

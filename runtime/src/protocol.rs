@@ -128,6 +128,10 @@ pub struct TaskEvent {
     /// The containers' states.
     #[serde(default)]
     pub containers: Vec<ContainerReport>,
+    /// The service task this one replaces: started by the node itself while apid was
+    /// unreachable, to keep the service's count there; apid adopts it (see its `nodes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// A container's state in a [`TaskEvent`], in ECS `Container` field names.
@@ -172,6 +176,64 @@ pub struct SyncResponse {
     pub heartbeat_seconds: u64,
     /// Every task the node should hold: those to run and those to stop.
     pub tasks: Vec<DesiredTask>,
+    /// Operators' requests about the node's tasks (logs, stats, exec), answered on
+    /// `POST /v1/replies`: the node is behind NAT, so they ride its own connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<NodeRequest>,
+}
+
+/// An operator's request about a task, relayed by apid to the node that runs it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRequest {
+    /// apid's id for it (the reply names it).
+    pub id: String,
+    /// The task.
+    pub task_id: String,
+    /// What is asked.
+    pub ask: Ask,
+}
+
+/// What an operator asks of a task.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Ask {
+    /// The container's log lines (json-file records): the last `tail`, or all.
+    #[serde(rename_all = "camelCase")]
+    Logs {
+        /// The container (the first one when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+        /// How many of the last lines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail: Option<usize>,
+    },
+    /// The task's resource use (cpu, memory, pids of the task and its containers).
+    Stats,
+    /// Run `command` in the container, without a terminal; its output and exit code.
+    #[serde(rename_all = "camelCase")]
+    Exec {
+        /// The container.
+        container: String,
+        /// The command and its arguments.
+        command: Vec<String>,
+        /// The longest it may run, in seconds.
+        timeout_seconds: u64,
+    },
+}
+
+/// The node's answer to a [`NodeRequest`] (`POST /v1/replies`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeReply {
+    /// The request's id.
+    pub id: String,
+    /// The answer when it worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A task as the node is told it.

@@ -172,6 +172,9 @@ pub struct Origin {
     /// Who started it (`ecs-svc/<deployment>` for a service's task).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
+    /// The service task it replaces, when the node started it while offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// Seconds since the epoch, as ECS reports times.

@@ -8,9 +8,10 @@
 //! spread over both nodes and rolled to a new revision, a node cut off (link down in its
 //! namespace: its tasks keep running, a crashing container restarts locally by policy, and
 //! past the grace period its service tasks are placed on the other node, whose stale copies
-//! it stops when it returns), `kill -9` of apid and of skiffd, drain, and deregistration
+//! it stops when it returns; within the grace period, a service task that fails there meanwhile
+//! is replaced on the node and the replacement adopted by apid), `kill -9` of apid and of skiffd, drain, and deregistration
 //! (which revokes the node's certificate: the node stops its tasks and retires its identity).
-//! apid's heartbeats are short (1 s, timeout 3 s, grace 8 s) so that all of it happens in the
+//! apid's heartbeats are short (1 s, timeout 3 s, grace 12 s) so that all of it happens in the
 //! test's time.
 //!
 //! Consistency is checked against the nodes themselves, never against apid alone: every task
@@ -25,7 +26,7 @@ use skiff_tests::ecs::{create_service, service_tasks, set_state, stable, task_id
 use skiff_tests::{Apid, BUSYBOX, ControlNet, Skiffd, privileged};
 
 const FAST: &str =
-    "heartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\ndisconnect_grace_seconds = 8\n";
+    "heartbeat_seconds = 1\nheartbeat_timeout_seconds = 3\ndisconnect_grace_seconds = 12\n";
 
 fn register_def(a: &Apid, def: Value) -> String {
     let path = a.path(&format!("{}.json", def["family"].as_str().unwrap()));
@@ -72,8 +73,20 @@ fn register_raw(a: &Apid, def: &Value) -> String {
 fn web(body: &str) -> Value {
     json!({"family": "web", "networkMode": "bridge", "containerDefinitions": [
         {"name": "web", "image": BUSYBOX, "memory": 64,
-         "command": ["sh", "-c", format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www")],
+         "command": ["sh", "-c", format!("mkdir -p /www && echo {body} > /www/index.html && echo serving {body} && exec httpd -f -p 8080 -h /www")],
          "portMappings": [{"containerPort": 8080, "protocol": "tcp"}]}]})
+}
+
+/// `skiff control <args>` against apid with its key.
+fn control(a: &Apid, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(skiff_tests::workspace_bin("skiff"))
+        .arg("control")
+        .args(["--endpoint-url", &a.endpoint()])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &a.key.0)
+        .env("AWS_SECRET_ACCESS_KEY", &a.key.1)
+        .output()
+        .expect("run skiff control")
 }
 
 fn describe(a: &Apid, arn: &str) -> Value {
@@ -246,6 +259,42 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     assert_eq!(get(&b, "127.0.0.1", &binding["hostPort"]).trim(), "one");
     let id = arn.rsplit('/').next().unwrap().to_owned();
     assert!(held(&b).contains(&id));
+    // Logs, exec and stats through apid, over the node's own connection.
+    let out = control(&apid, &["logs", "--cluster", "edge", &arn]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("serving one"),
+        "{out:?}"
+    );
+    let out = control(
+        &apid,
+        &[
+            "exec",
+            "--cluster",
+            "edge",
+            &arn,
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "cat /www/index.html; echo oops >&2; exit 4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "one");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "oops");
+    let out = control(&apid, &["stats", "--cluster", "edge", &id]);
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(stats["task"]["memory"].is_object(), "{out:?}");
+    let out = control(
+        &apid,
+        &[
+            "logs",
+            "--cluster",
+            "edge",
+            "0123456789abcdef0123456789abcdef",
+        ],
+    );
+    assert!(!out.status.success(), "{out:?}");
     apid.aws(&["stop-task", "--cluster", "edge", "--task", &arn]);
     apid.aws(&[
         "wait",
@@ -339,6 +388,67 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     }
     until(30, "nodes to hold what apid wants", || {
         consistent(&apid, &[(&a, &ida), (&b, &idb)]).then_some(())
+    });
+
+    // A short cut (within the grace period): a service task that fails on b meanwhile is
+    // replaced on b at once, and apid adopts the replacement when b is back.
+    let flag = b.dir.path().join("flag");
+    std::fs::create_dir_all(&flag).unwrap();
+    let flaky = register_def(
+        &apid,
+        json!({"family": "flaky", "networkMode": "none",
+            "volumes": [{"name": "flag", "host": {"sourcePath": flag}}],
+            "containerDefinitions": [{"name": "job", "image": BUSYBOX, "memory": 32,
+             "mountPoints": [{"sourceVolume": "flag", "containerPath": "/flag"}],
+             "command": ["sh", "-c", "while ! rm /flag/die 2>/dev/null; do sleep 0.2; done; exit 1"]}]}),
+    );
+    create_service(
+        &apid,
+        "flaky",
+        &flaky,
+        &[
+            "--desired-count",
+            "1",
+            "--placement-constraints",
+            "type=memberOf,expression=attribute:zone == b",
+        ],
+    );
+    stable(&apid, "flaky", 1);
+    let first = task_ids(&service_tasks(&apid, "flaky"));
+    until(20, "the flaky task on b", || {
+        held(&b).is_superset(&first).then_some(())
+    });
+    b.sh("ip link set eth0 down");
+    std::fs::write(flag.join("die"), "").unwrap();
+    let replacement = until(30, "b to replace the failed service task", || {
+        let now = held(&b);
+        let new: Vec<String> = now
+            .difference(&first)
+            .filter(|id| {
+                b.describe(id)["origin"]["replaces"].as_str()
+                    == first.iter().next().map(String::as_str)
+            })
+            .cloned()
+            .collect();
+        (new.len() == 1 && now.is_disjoint(&first)).then(|| new[0].clone())
+    });
+    b.sh("ip link set eth0 up && ip route replace default via 10.254.77.1");
+    until(30, "apid to adopt the replacement", || {
+        let ts = service_tasks(&apid, "flaky");
+        (task_ids(&ts) == BTreeSet::from([replacement.clone()]) && ts[0]["lastStatus"] == "RUNNING")
+            .then_some(())
+    });
+    stable(&apid, "flaky", 1);
+    apid.aws(&[
+        "delete-service",
+        "--cluster",
+        "edge",
+        "--service",
+        "flaky",
+        "--force",
+    ]);
+    until(30, "the flaky service's task to stop", || {
+        (!held(&b).contains(&replacement)).then_some(())
     });
 
     // Cut b off. Its tasks keep running; its crashing container restarts locally.

@@ -76,7 +76,7 @@ pub(super) struct DeleteCluster {
 }
 
 /// The cluster's name from a name or an ARN, checked as ECS checks it.
-pub(super) fn cluster_name(s: &str) -> Result<String, ApiError> {
+pub(crate) fn cluster_name(s: &str) -> Result<String, ApiError> {
     let name = match s.strip_prefix("arn:") {
         Some(_) => s
             .split_once(":cluster/")

@@ -12,7 +12,7 @@ use crate::config::ApidConfig;
 use crate::error::ApiError;
 use crate::store::Store;
 
-mod clusters;
+pub(crate) mod clusters;
 mod container_instances;
 mod deploy;
 mod placement;
@@ -183,7 +183,7 @@ impl Api {
     }
 
     /// `arn:aws:ecs:<region>:<account>:<resource>`.
-    fn arn(&self, resource: &str) -> String {
+    pub(crate) fn arn(&self, resource: &str) -> String {
         format!(
             "arn:aws:ecs:{}:{}:{resource}",
             self.cfg.region, self.cfg.account_id

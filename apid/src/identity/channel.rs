@@ -23,7 +23,8 @@
 //! "insecure first contact" mode: a node that skips verification would hand its activation code to
 //! whoever answers.
 //!
-//! Routes for now: `POST /register`, and `GET /v1/whoami` (the instance id from the verified
+//! Routes: `POST /register`, `POST /v1/sync`, `POST /v1/renew`, `POST /v1/replies` (answers to
+//! operators' requests), and `GET /v1/whoami` (the instance id from the verified
 //! certificate), which proves the mTLS path end to end.
 
 use std::sync::{Arc, Mutex};
@@ -154,6 +155,7 @@ impl NodeChannel {
             .route("/v1/whoami", get(whoami))
             .route("/v1/sync", post(sync))
             .route("/v1/renew", post(renew_route))
+            .route("/v1/replies", post(reply_route))
             .with_state(self.clone())
     }
 
@@ -261,6 +263,32 @@ async fn sync(
         Err(e @ NodeError::Invalid(_)) => refusal(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ NodeError::Store { .. }) => {
             tracing::error!(error = %format!("{e:#}"), "node sync failed");
+            refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable; retry".into(),
+            )
+        }
+    }
+}
+
+/// `POST /v1/replies`: a node's answer to an operator's request.
+async fn reply_route(
+    State(ch): State<Arc<NodeChannel>>,
+    Extension(peer): Extension<Peer>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some((id, _)) = peer.0 else {
+        return no_certificate();
+    };
+    let r: crate::nodes::NodeReply = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")),
+    };
+    match ch.api.reply(&id, &r).await {
+        Ok(()) => Json(json!({})).into_response(),
+        Err(e @ NodeError::Invalid(_)) => refusal(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "recording a node's reply");
             refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the store is unavailable; retry".into(),

@@ -15,13 +15,18 @@
 //! exponential backoff and jitter; on reconnect it sends the changes in order, takes the new
 //! desired state and converges: what apid still wants keeps running untouched, stale copies
 //! (replaced elsewhere while the node was away past the grace period) are stopped. A node
+//! A service task that stops on its own while apid is away is replaced on the node at once, so
+//! the service keeps its count there; apid adopts the replacement on reconnect. A node
 //! drained or deregistered while offline applies it at reconnect: a revoked certificate
 //! (refused at the handshake) or a 403 stops the control plane's tasks and retires the
 //! registration.
 //!
+//! **Operators' requests** (logs, stats, exec of a task) ride the same channel ([`asks`]).
+//!
 //! **Rotation.** When a third of the certificate's life is left (or `renew_before` in tests)
 //! the agent asks apid for a new certificate for its key and uses it from the next connection.
 
+pub mod asks;
 pub mod identity;
 pub mod journal;
 pub mod plan;
@@ -62,25 +67,31 @@ pub enum AgentError {
 }
 
 /// The link to apid, as the agent sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Link {
     /// The last sync succeeded.
     Up,
-    /// Syncs fail; `attempts` in a row.
+    /// Syncs fail; `attempts` in a row, since `since` (epoch seconds).
     Down {
         /// Failed attempts since the last success.
         attempts: u32,
+        /// When the link was last known up (or the agent started).
+        since: f64,
     },
 }
 
 impl Link {
-    /// The link after a sync that succeeded (`ok`) or not.
-    fn next(self, ok: bool) -> Self {
+    /// The link after a sync that succeeded (`ok`) or not, at `now`.
+    fn next(self, ok: bool, now: f64) -> Self {
         match (self, ok) {
             (_, true) => Self::Up,
-            (Self::Up, false) => Self::Down { attempts: 1 },
-            (Self::Down { attempts }, false) => Self::Down {
+            (Self::Up, false) => Self::Down {
+                attempts: 1,
+                since: now,
+            },
+            (Self::Down { attempts, since }, false) => Self::Down {
                 attempts: attempts.saturating_add(1),
+                since,
             },
         }
     }
@@ -88,7 +99,7 @@ impl Link {
     /// How long to wait before the next attempt: 250 ms doubling to [`MAX_BACKOFF`], with up
     /// to a quarter of jitter so that nodes cut off together do not return together.
     fn backoff(self) -> Duration {
-        let Self::Down { attempts } = self else {
+        let Self::Down { attempts, .. } = self else {
             return Duration::ZERO;
         };
         let base = Duration::from_millis(250)
@@ -136,7 +147,10 @@ impl Agent {
             journal_path,
             channel,
             heartbeat: DEFAULT_HEARTBEAT,
-            link: Link::Down { attempts: 0 },
+            link: Link::Down {
+                attempts: 0,
+                since: crate::record::now(),
+            },
             renew_before: cfg.renew_certificate_before,
         }))
     }
@@ -159,8 +173,61 @@ impl Agent {
     /// Records what changed in task `id` since its last report.
     fn note(&mut self, id: &str) -> bool {
         match self.daemon.describe(id) {
-            Ok(rec) if rec.origin.is_some() => self.journal.record(plan::report(&rec)),
+            Ok(rec) if rec.origin.is_some() => {
+                let changed = self.journal.record(plan::report(&rec));
+                if changed {
+                    self.replace_while_offline(&rec);
+                }
+                changed
+            }
             _ => false,
+        }
+    }
+
+    /// Keeps a service's count on this node while apid is unreachable: a service task that
+    /// stopped on its own since the link went down is replaced here at once, by a task of the
+    /// same definition that says which one it replaces. apid adopts the replacement when the
+    /// node is back, or has it stopped if it moved the service's tasks elsewhere meanwhile
+    /// (past the grace period). Online, replacing is the service scheduler's work.
+    fn replace_while_offline(&mut self, rec: &TaskRecord) {
+        let Link::Down { since, .. } = self.link else {
+            return;
+        };
+        let Some(origin) = rec.origin.as_ref() else {
+            return;
+        };
+        if !plan::failed_service_task(rec) || rec.stopped_at.is_none_or(|t| t < since) {
+            return;
+        }
+        let already = self.daemon.list().iter().any(|r| {
+            r.origin
+                .as_ref()
+                .is_some_and(|o| o.replaces.as_deref() == Some(rec.task_id.as_str()))
+        });
+        if already {
+            return;
+        }
+        let id = crate::daemon::new_task_id();
+        let arn = match origin.task_arn.rsplit_once('/') {
+            Some((prefix, _)) => format!("{prefix}/{id}"),
+            None => id.clone(),
+        };
+        let replacement = Origin {
+            task_arn: arn,
+            replaces: Some(rec.task_id.clone()),
+            ..origin.clone()
+        };
+        match self
+            .daemon
+            .run_placed(&id, rec.task_definition.clone(), replacement)
+        {
+            Ok(new) => {
+                tracing::info!(task = %id, replaces = %rec.task_id, "offline: replacing a service task that stopped, to keep the service's count on this node");
+                self.journal.record(plan::report(&new));
+            }
+            Err(e) => {
+                tracing::warn!(replaces = %rec.task_id, error = %e, "offline: the service task cannot be replaced here")
+            }
         }
     }
 
@@ -206,6 +273,7 @@ impl Agent {
             task_arn: d.task_arn.clone(),
             task_definition_arn: d.task_definition_arn.clone(),
             started_by: d.started_by.clone(),
+            replaces: None,
         };
         let started = plan::definition(d)
             .map_err(|e| format!("invalid task definition: {e}"))
@@ -360,12 +428,19 @@ impl Agent {
                             "connected to the control plane"
                         );
                     }
-                    self.link = self.link.next(true);
+                    self.link = self.link.next(true, crate::record::now());
                     self.journal.acknowledged(r.acked_seq);
                     self.journal.version = r.version;
                     self.heartbeat = r.heartbeat_seconds.max(1);
                     self.converge(&r);
                     self.save()?;
+                    for req in r.requests {
+                        tokio::spawn(asks::serve(
+                            self.daemon.clone(),
+                            self.channel.sibling(),
+                            req,
+                        ));
+                    }
                     self.renew_if_due().await;
                 }
                 Err(e) if e.deregistered() => {
@@ -378,7 +453,7 @@ impl Agent {
                     } else {
                         tracing::debug!(error = %e, "the control plane is still unreachable");
                     }
-                    self.link = self.link.next(false);
+                    self.link = self.link.next(false, crate::record::now());
                     // Changes meanwhile are recorded as they come, so none is lost if skiffd
                     // stops while apid is away.
                     let pause = tokio::time::sleep(self.link.backoff());
@@ -408,14 +483,18 @@ mod tests {
         let mut l = Link::Up;
         assert_eq!(l.backoff(), Duration::ZERO);
         let mut last = Duration::ZERO;
-        for _ in 0..10 {
-            l = l.next(false);
+        for t in 0..10 {
+            l = l.next(false, f64::from(t));
             let b = l.backoff();
             assert!(b >= last.min(MAX_BACKOFF), "{b:?} after {last:?}");
             assert!(b <= MAX_BACKOFF + MAX_BACKOFF / 4, "{b:?}");
             last = b;
         }
         assert!(last >= MAX_BACKOFF, "reaches the cap: {last:?}");
-        assert_eq!(l.next(true), Link::Up);
+        assert!(
+            matches!(l, Link::Down { since: 0.0, .. }),
+            "down since the first failure"
+        );
+        assert_eq!(l.next(true, 11.0), Link::Up);
     }
 }

@@ -117,6 +117,7 @@ pub fn report(rec: &TaskRecord) -> TaskEvent {
         at: now(),
         pull_started_at: None,
         pull_stopped_at: None,
+        replaces: rec.origin.as_ref().and_then(|o| o.replaces.clone()),
         attachments: non_empty(&rec.attachments),
         containers: rec
             .containers
@@ -133,6 +134,24 @@ pub fn report(rec: &TaskRecord) -> TaskEvent {
             })
             .collect(),
     }
+}
+
+/// Whether `rec`, stopped, is a service task that stopped on its own (its essential container
+/// exited, or it failed to start), not because anyone asked: the case the node replaces while
+/// offline, as the service scheduler would.
+pub fn failed_service_task(rec: &TaskRecord) -> bool {
+    use crate::lifecycle::StopCode;
+    let service = rec
+        .origin
+        .as_ref()
+        .and_then(|o| o.started_by.as_deref())
+        .is_some_and(|s| s.starts_with("ecs-svc/"));
+    let on_its_own = matches!(
+        &rec.status,
+        TaskStatus::Stopped(s)
+            if matches!(s.stop_code, StopCode::EssentialContainerExited | StopCode::TaskFailedToStart)
+    );
+    service && on_its_own
 }
 
 /// The report of a task that never started here: STOPPED, with `code` and `reason`.

@@ -142,6 +142,11 @@ impl Channel {
         }
     }
 
+    /// Another channel to the same apid with the same credentials, not connected yet.
+    pub fn sibling(&self) -> Self {
+        Self::new(self.endpoint.clone(), self.tls.clone())
+    }
+
     /// Uses `tls` from the next connection on (a renewed certificate), closing this one.
     pub fn set_tls(&mut self, tls: Arc<ClientConfig>) {
         self.tls = tls;

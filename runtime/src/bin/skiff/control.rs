@@ -49,6 +49,41 @@ pub enum ControlCommand {
     Services(ClusterArg),
     /// Show tasks meant to run.
     Tasks(ClusterArg),
+    /// A control-plane task's container logs, fetched from its node through apid.
+    Logs {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The task (id or ARN).
+        task: String,
+        /// The container (the first one when absent).
+        container: Option<String>,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// A control-plane task's resource use (cpu, memory, pids), from its node (JSON).
+    Stats {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The task (id or ARN).
+        task: String,
+    },
+    /// Run a command in a control-plane task's container, through apid and the node's own
+    /// connection (no terminal); exits with the command's exit code.
+    Exec {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The task (id or ARN).
+        task: String,
+        /// The container.
+        container: String,
+        /// The longest the command may run, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Which cluster a view shows.
@@ -131,6 +166,12 @@ enum Shown {
     Pem,
     /// Not at all (the exit status says it was done).
     Nothing,
+    /// As the log text of `lines`.
+    Logs,
+    /// As the command's output, exiting with its code.
+    Exec,
+    /// As the JSON it is.
+    Json,
 }
 
 /// What a command does.
@@ -205,6 +246,33 @@ fn plan(command: ControlCommand) -> Plan {
         ControlCommand::Nodes(c) => return Plan::View(View::Nodes, c.cluster),
         ControlCommand::Services(c) => return Plan::View(View::Services, c.cluster),
         ControlCommand::Tasks(c) => return Plan::View(View::Tasks, c.cluster),
+        ControlCommand::Logs {
+            cluster,
+            task,
+            container,
+            tail,
+        } => (
+            "GetTaskLogs",
+            json!({"cluster": cluster.cluster, "task": task, "container": container, "tail": tail}),
+            Shown::Logs,
+        ),
+        ControlCommand::Stats { cluster, task } => (
+            "GetTaskStats",
+            json!({"cluster": cluster.cluster, "task": task}),
+            Shown::Json,
+        ),
+        ControlCommand::Exec {
+            cluster,
+            task,
+            container,
+            timeout,
+            command,
+        } => (
+            "ExecInTask",
+            json!({"cluster": cluster.cluster, "task": task, "container": container,
+                   "command": command, "timeoutSeconds": timeout}),
+            Shown::Exec,
+        ),
     };
     Plan::Admin(action, body, shown)
 }
@@ -234,6 +302,18 @@ async fn execute(
                 Shown::Table(table) => print!("{}", table(&answer)),
                 Shown::Pem => print!("{}", answer["certificate"].as_str().unwrap_or("")),
                 Shown::Nothing => {}
+                Shown::Json => println!("{answer:#}"),
+                Shown::Logs => {
+                    for l in answer["lines"].as_array().into_iter().flatten() {
+                        print!("{}", l["log"].as_str().unwrap_or_default());
+                    }
+                }
+                Shown::Exec => {
+                    print!("{}", answer["stdout"].as_str().unwrap_or_default());
+                    eprint!("{}", answer["stderr"].as_str().unwrap_or_default());
+                    let code = answer["exitCode"].as_i64().unwrap_or(128);
+                    std::process::exit(i32::try_from(code.clamp(0, 255)).unwrap_or(128));
+                }
             }
         }
     }

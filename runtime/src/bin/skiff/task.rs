@@ -290,16 +290,8 @@ pub fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<u8> {
     let client = Client::new(&api.socket);
     let path = format!("/v1/tasks/{}/containers/{}/exec", a.id, a.container);
     let target: ExecTarget = runtime()?.block_on(client.call(Method::GET, &path, Bytes::new()))?;
-    let mut cmd = std::process::Command::new(&target.shim);
-    cmd.arg("--state-root")
-        .arg(&target.state_root)
-        .args(["exec", "--id", &target.runtime_id]);
-    if a.tty {
-        cmd.arg("--tty");
-    }
-    let status = cmd
-        .arg("--")
-        .args(&a.command)
+    let status = target
+        .command(a.tty, &a.command)
         .status()
         .with_context(|| format!("running {}", target.shim.display()))?;
     Ok(status.code().map_or(128, |c| c.clamp(0, 255) as u8))
