@@ -19,6 +19,7 @@ step "cargo clippy";        cargo clippy --workspace --all-targets -- -D warning
 step "cargo doc";           RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --quiet
 step "cargo build";         cargo build --workspace
 step "cargo test";          cargo test --workspace
+step "quick start (twice, in private namespaces)"; ./tests/quickstart-ci.sh
 step "fuzz (${FUZZ_SECONDS:=30}s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" ./images/fuzz/run.sh
 FUZZ_SECONDS="$FUZZ_SECONDS" ./apid/fuzz/run.sh

@@ -151,6 +151,28 @@ impl ApidConfig {
 mod tests {
     use super::*;
 
+    /// packaging/apid.toml documents every key commented out with its default: uncommented,
+    /// it must load.
+    #[test]
+    fn the_packaged_file_documents_real_keys() {
+        let active: String = include_str!("../../packaging/apid.toml")
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apid.toml");
+        std::fs::write(&path, &active).unwrap();
+        let cfg = ApidConfig::load(&path).unwrap();
+        assert_eq!(
+            cfg.heartbeat_seconds,
+            ApidConfig::default().heartbeat_seconds
+        );
+    }
+
     #[test]
     fn defaults_and_errors_naming_the_key() {
         let tmp = tempfile::tempdir().unwrap();

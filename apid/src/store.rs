@@ -276,6 +276,14 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             reply TEXT
         )",
             "CREATE INDEX IF NOT EXISTS node_requests_instance ON node_requests (instance, sent_at)",
+            // RunTask's clientToken: the first answer, returned again for a repeated call.
+            "CREATE TABLE IF NOT EXISTS run_task_tokens (
+            cluster TEXT NOT NULL,
+            token TEXT NOT NULL,
+            response TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (cluster, token)
+        )",
         ],
     ),
 ];

@@ -226,6 +226,23 @@ mod tests {
         assert_eq!(c.image_pull_behavior, PullPolicy::Once);
     }
 
+    /// packaging/skiffd.toml documents every key commented out with its default: uncommented,
+    /// it must parse (a key renamed here and not there fails).
+    #[test]
+    fn the_packaged_file_documents_real_keys() {
+        let text = include_str!("../../packaging/skiffd.toml");
+        let active: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(active.contains("renew_certificate_before"), "{active}");
+        NodeConfig::parse(&active, Path::new("packaging/skiffd.toml")).unwrap();
+    }
+
     #[test]
     fn errors_name_the_key() {
         let p = Path::new("/etc/skiff/skiffd.toml");

@@ -42,9 +42,9 @@ fn register_def(a: &Apid, def: Value) -> String {
         .to_owned()
 }
 
-/// Registers `def` with a request signed by curl's own SigV4 (`--aws-sigv4`): Debian's aws
-/// CLI 2.9 and boto3 1.26 predate `restartPolicy` and refuse it client-side.
-fn register_raw(a: &Apid, def: &Value) -> String {
+/// ECS action `action` with `body`, signed by curl's own SigV4 (`--aws-sigv4`): for what
+/// Debian's aws CLI 2.9 and boto3 1.26 cannot send (`restartPolicy`, `clientToken`).
+fn raw(a: &Apid, action: &str, body: &Value) -> Value {
     let out = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -56,14 +56,17 @@ fn register_raw(a: &Apid, def: &Value) -> String {
         .args(["-H", "Content-Type: application/x-amz-json-1.1"])
         .args([
             "-H",
-            "X-Amz-Target: AmazonEC2ContainerServiceV20141113.RegisterTaskDefinition",
+            &format!("X-Amz-Target: AmazonEC2ContainerServiceV20141113.{action}"),
         ])
-        .args(["--data", &def.to_string(), &a.endpoint()])
+        .args(["--data", &body.to_string(), &a.endpoint()])
         .output()
         .expect("run curl");
     assert!(out.status.success(), "{out:?}");
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    r["taskDefinition"]["taskDefinitionArn"]
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn register_raw(a: &Apid, def: &Value) -> String {
+    raw(a, "RegisterTaskDefinition", def)["taskDefinition"]["taskDefinitionArn"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -173,7 +176,15 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     let act = apid.activation("edge", 2);
 
     // Registration: refused codes leave nothing behind; good ones make instances.
-    let mut a = Skiffd::registered(&net, 2, &apid, &act, &["--attribute", "zone=a"], "");
+    // Node a renews its certificate at once (as if a third of its life were left).
+    let mut a = Skiffd::registered(
+        &net,
+        2,
+        &apid,
+        &act,
+        &["--attribute", "zone=a"],
+        "renew_certificate_before = \"30d\"",
+    );
     let wrong = Skiffd::prepare("");
     net.attach(&wrong, 9);
     let bad = (act.0.clone(), "not-the-code".to_owned());
@@ -227,6 +238,16 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
             .unwrap();
         assert!(cpu >= 1024, "{ci:#}");
     }
+
+    // Rotation: a's new certificate is in use, and its first one revoked once it was.
+    let certs = until(30, "a's certificate to rotate", || {
+        let out = control(&apid, &["--json", "certs", "ls", "--instance", &ida]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let certs = v["certificates"].as_array().cloned().unwrap_or_default();
+        (certs.len() == 2 && certs.iter().filter(|c| c["revokedAt"].is_number()).count() == 1)
+            .then_some(certs)
+    });
+    assert!(a.log().contains("node certificate renewed"), "{certs:?}");
 
     // run-task by attribute -> running on that node, reachable on its host port; stop-task.
     let td1 = register_def(&apid, web("one"));
@@ -319,6 +340,23 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     let r = run_task(&apid, &td_arm, &[]);
     assert!(r["tasks"].as_array().unwrap().is_empty(), "{r:#}");
     assert!(r["failures"].to_string().contains("ATTRIBUTE"), "{r:#}");
+
+    // RunTask's clientToken (newer SDKs send one): a repeat starts nothing more.
+    let once = json!({"cluster": "edge", "taskDefinition": td1, "clientToken": "bench-once-1",
+        "placementConstraints": [{"type": "memberOf", "expression": "attribute:zone == a"}]});
+    let first = raw(&apid, "RunTask", &once);
+    let again = raw(&apid, "RunTask", &once);
+    assert_eq!(first["tasks"][0]["taskArn"], again["tasks"][0]["taskArn"]);
+    let arn = first["tasks"][0]["taskArn"].as_str().unwrap().to_owned();
+    apid.aws(&["stop-task", "--cluster", "edge", "--task", &arn]);
+    apid.aws(&[
+        "wait",
+        "tasks-stopped",
+        "--cluster",
+        "edge",
+        "--tasks",
+        &arn,
+    ]);
 
     // A container that crashes after its restartAttemptPeriod, on node b: restarted locally,
     // even while b is cut off below.

@@ -84,6 +84,9 @@ pub(super) struct RunTask {
     overrides: Option<Overrides>,
     #[serde(default)]
     tags: Vec<Tag>,
+    /// ECS's idempotency token (newer SDKs fill it in): a RunTask repeated with the same token
+    /// in the same cluster returns the first call's answer instead of starting more tasks.
+    client_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -660,12 +663,46 @@ impl Api {
                 r.tags,
             )
             .await?;
+        if let Some(t) = &r.client_token
+            && (t.is_empty() || t.len() > 64)
+        {
+            return Err(ApiError::InvalidParameter(
+                "clientToken: 1 to 64 characters".into(),
+            ));
+        }
+        let cluster = l.cluster.clone();
+        if let Some(token) = &r.client_token {
+            let seen: Option<(String,)> = sqlx::query_as(
+                "SELECT response FROM run_task_tokens WHERE cluster = $1 AND token = $2",
+            )
+            .bind(&cluster)
+            .bind(token)
+            .fetch_optional(self.pool())
+            .await?;
+            if let Some((response,)) = seen {
+                return serde_json::from_str(&response)
+                    .map_err(|e| ApiError::Server(format!("a stored RunTask answer: {e}")));
+            }
+        }
         let target = Target::Placed {
             count: count as usize,
             strategies,
             constraints,
         };
-        self.place_and_record(l, target).await
+        let answer = self.place_and_record(l, target).await?;
+        if let Some(token) = &r.client_token {
+            sqlx::query(
+                "INSERT INTO run_task_tokens (cluster, token, response, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(&cluster)
+            .bind(token)
+            .bind(answer.to_string())
+            .bind(now())
+            .execute(self.pool())
+            .await?;
+        }
+        Ok(answer)
     }
 
     pub(super) async fn start_task(&self, r: StartTask) -> Result<Value, ApiError> {

@@ -124,6 +124,8 @@ pub struct Agent {
     heartbeat: u64,
     link: Link,
     renew_before: Option<Duration>,
+    /// When the certificate was last renewed by this agent.
+    renewed_at: Option<tokio::time::Instant>,
 }
 
 fn ecs_now() -> i64 {
@@ -152,6 +154,7 @@ impl Agent {
                 since: crate::record::now(),
             },
             renew_before: cfg.renew_certificate_before,
+            renewed_at: None,
         }))
     }
 
@@ -358,8 +361,11 @@ impl Agent {
             Some(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             None => (not_after - not_before) / 3,
         };
-        // At most once a minute, whatever `renew_before` says.
-        if now < not_after - lead || now < not_before + 60 {
+        // At most every ten minutes, whatever `renew_before` says.
+        let recently = self
+            .renewed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(600));
+        if now < not_after - lead || recently {
             return;
         }
         let renewed: Result<Renewed, AgentError> = async {
@@ -374,6 +380,7 @@ impl Agent {
             Ok(r)
         }
         .await;
+        self.renewed_at = Some(tokio::time::Instant::now());
         match renewed {
             Ok(r) => tracing::info!(not_after = r.not_after, "node certificate renewed"),
             Err(e) => tracing::warn!(error = %e, "renewing the node certificate; will retry"),
