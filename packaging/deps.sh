@@ -2,7 +2,7 @@
 # Installs what building, running and testing Skiff needs on Debian 12, and nothing when it is
 # all there already (so CI and the quick start can call it every time).
 set -euo pipefail
-pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time
+pkgs=(build-essential pkg-config libseccomp-dev openssl zstd time jq bsdextrautils
       curl docker-registry skopeo umoci busybox-static apache2-utils tini
       golang-github-containers-common
       # apid/: its ECS API is tested with the real aws CLI and boto3

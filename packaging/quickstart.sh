@@ -119,7 +119,7 @@ if [ ! -f /var/lib/skiff/node.json ]; then
     --activation-code "$(jq -r .ActivationCode <<<"$act")" \
     --cluster quickstart --attribute site=quickstart
   # A skiffd already running standalone starts syncing once restarted (its tasks keep running).
-  pkill -x skiffd && sleep 1 || true
+  if pkill -x skiffd; then sleep 1; fi
 fi
 restart_if_replaced skiffd
 if ! skiff task ls >/dev/null 2>&1; then
