@@ -13,12 +13,13 @@ parent="skiff-ci-quickstart-$$"
 log=$(mktemp)
 cleanup() {
   for h in /sys/fs/cgroup/*/"$parent" /sys/fs/cgroup/unified/"$parent" /sys/fs/cgroup/"$parent"; do
-    [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    if [ -d "$h" ]; then find "$h" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
   rm -f "$log"
 }
 trap cleanup EXIT
 export QS_PARENT="$parent"
+# shellcheck disable=SC2016 # expanded by the inner shell
 unshare --pid --fork --mount-proc --mount --net bash -euo pipefail -c '
   ip link set lo up
   for d in /etc/skiff /var/lib/skiff /var/lib/skiff-apid /var/lib/skiff-quickstart /run/skiff /var/log/skiff /usr/local/bin; do
