@@ -30,7 +30,7 @@ echo "== dependencies"
 
 echo "== build"
 cargo build --release --workspace --quiet
-for b in skiff skiffd skiff-shim skiff-apid; do install -m 0755 "$CARGO_TARGET_DIR/release/$b" "/usr/local/bin/$b"; done
+for b in skiff skiffd skiff-shim skiff-apid; do install -C -m 0755 "$CARGO_TARGET_DIR/release/$b" "/usr/local/bin/$b"; done
 
 echo "== configuration"
 mkdir -p /etc/skiff
@@ -168,14 +168,14 @@ cat <<TXT
 Done. The control plane (skiff-apid, SQLite at /var/lib/skiff-apid/apid.db, log
 /var/log/skiff/apid.log) runs the cluster quickstart; this machine is its node (skiffd, log
 /var/log/skiff/skiffd.log); the sample image is served by the registry at $REG.
-Tasks: web $web (bridge: http://<this machine>:8080/ from the LAN, http://127.0.0.1:8080/ here),
-vpcweb $vpc (awsvpc: http://$vpc_ip/ from this node), hello $hello.
+Tasks: web ${web##*/} (bridge: http://<this machine>:8080/ from the LAN, http://127.0.0.1:8080/
+here), vpcweb ${vpc##*/} (awsvpc: http://$vpc_ip/ from this node), hello ${hello##*/}.
 Try next (the access key is in $CREDS):
   . $CREDS; export AWS_DEFAULT_REGION=us-east-1
   aws ecs list-tasks --cluster quickstart --endpoint-url http://127.0.0.1:8460
-  aws ecs describe-tasks --cluster quickstart --tasks $web --endpoint-url http://127.0.0.1:8460
-  aws ecs stop-task --cluster quickstart --task $hello --endpoint-url http://127.0.0.1:8460
+  aws ecs describe-tasks --cluster quickstart --tasks ${web##*/} --endpoint-url http://127.0.0.1:8460
+  aws ecs stop-task --cluster quickstart --task ${hello##*/} --endpoint-url http://127.0.0.1:8460
   skiff control nodes; skiff control tasks --cluster quickstart
-  skiff control exec --cluster quickstart $hello app -- cat /data/state
+  skiff control exec --cluster quickstart ${hello##*/} app -- cat /data/state
   skiff task ls; skiff logs -f ${hello##*/} app
 TXT

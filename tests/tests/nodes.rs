@@ -543,7 +543,9 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     });
     stable(&apid, "web", 4);
 
-    // Deregister b (force): its certificate is revoked; b stops its tasks and retires.
+    // Deregister b (force) while it is cut off: its certificate is revoked; when b is back it
+    // is refused, stops its tasks and retires its registration.
+    b.sh("ip link set eth0 down");
     apid.aws(&[
         "deregister-container-instance",
         "--cluster",
