@@ -147,8 +147,39 @@ const LOCAL_ARN: &str = "arn:aws:ecs:local:000000000000";
 /// The cluster of tasks no control plane placed (ECS's default).
 const CLUSTER: &str = "default";
 
-fn task_arn(task_id: &str) -> String {
-    format!("{LOCAL_ARN}:task/{CLUSTER}/{task_id}")
+/// The task's cluster, ARN and revision: the control plane's when it placed the task, local
+/// ones otherwise.
+struct Names {
+    cluster: String,
+    task_arn: String,
+    revision: String,
+    arn_prefix: String,
+}
+
+fn names(rec: &TaskRecord) -> Names {
+    match &rec.origin {
+        Some(o) => {
+            // arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/ID and ...:task-definition/FAMILY:REV
+            let (prefix, resource) = o.task_arn.split_once(":task/").unwrap_or(("", ""));
+            Names {
+                cluster: resource.split('/').next().unwrap_or(CLUSTER).to_owned(),
+                task_arn: o.task_arn.clone(),
+                revision: o
+                    .task_definition_arn
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or("0")
+                    .to_owned(),
+                arn_prefix: prefix.to_owned(),
+            }
+        }
+        None => Names {
+            cluster: CLUSTER.to_owned(),
+            task_arn: format!("{LOCAL_ARN}:task/{CLUSTER}/{}", rec.task_id),
+            revision: STANDALONE_REVISION.to_string(),
+            arn_prefix: LOCAL_ARN.to_owned(),
+        },
+    }
 }
 
 /// The previous read of each container's cpu, for `precpu_stats`.
@@ -449,7 +480,7 @@ struct ContainerDoc {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct TaskDoc {
-    cluster: &'static str,
+    cluster: String,
     #[serde(rename = "TaskARN")]
     task_arn: String,
     family: String,
@@ -506,20 +537,20 @@ fn definition<'a>(rec: &'a TaskRecord, name: &str) -> Option<&'a ContainerDefini
 
 fn container_doc(rec: &TaskRecord, c: &ContainerRecord, networks: &[NetworkDoc]) -> ContainerDoc {
     let def = definition(rec, &c.name);
-    let arn = task_arn(&rec.task_id);
+    let n = names(rec);
     // The definition's labels, then the agent's own over them.
     let mut labels = def.map(|d| d.docker_labels.clone()).unwrap_or_default();
     for (k, v) in [
-        ("com.amazonaws.ecs.cluster", CLUSTER.to_owned()),
+        ("com.amazonaws.ecs.cluster", n.cluster.clone()),
         ("com.amazonaws.ecs.container-name", c.name.clone()),
-        ("com.amazonaws.ecs.task-arn", arn),
+        ("com.amazonaws.ecs.task-arn", n.task_arn.clone()),
         (
             "com.amazonaws.ecs.task-definition-family",
             rec.task_definition.family.clone(),
         ),
         (
             "com.amazonaws.ecs.task-definition-version",
-            STANDALONE_REVISION.to_string(),
+            n.revision.clone(),
         ),
     ] {
         labels.insert(k.to_owned(), v);
@@ -564,7 +595,10 @@ fn container_doc(rec: &TaskRecord, c: &ContainerRecord, networks: &[NetworkDoc])
             .and_then(|d| d.log_configuration.as_ref())
             .map(|l| l.options.clone())
             .unwrap_or_default(),
-        container_arn: format!("{LOCAL_ARN}:container/{CLUSTER}/{}/{}", rec.task_id, c.name),
+        container_arn: format!(
+            "{}:container/{}/{}/{}",
+            n.arn_prefix, n.cluster, rec.task_id, c.name
+        ),
         networks: networks.to_vec(),
         restart_count: def
             .and_then(|d| d.restart_policy.as_ref())
@@ -576,11 +610,12 @@ fn container_doc(rec: &TaskRecord, c: &ContainerRecord, networks: &[NetworkDoc])
 fn task_doc(rec: &TaskRecord, name_servers: &[String]) -> TaskDoc {
     let networks = networks(rec, name_servers);
     let res = rec.task_definition.resources();
+    let n = names(rec);
     TaskDoc {
-        cluster: CLUSTER,
-        task_arn: task_arn(&rec.task_id),
+        cluster: n.cluster,
+        task_arn: n.task_arn,
         family: rec.task_definition.family.clone(),
-        revision: STANDALONE_REVISION.to_string(),
+        revision: n.revision,
         desired_status: rec.desired_status.clone(),
         known_status: rec.status.name(),
         containers: rec

@@ -285,6 +285,32 @@ fn the_task_document() {
 }
 
 #[test]
+fn a_placed_task_carries_the_control_plane_s_names() {
+    let mut rec = bridge_task();
+    let arn = format!("arn:aws:ecs:eu-west-1:123456789012:task/edge/{TASK}");
+    rec.origin = Some(crate::record::Origin {
+        task_arn: arn.clone(),
+        task_definition_arn: "arn:aws:ecs:eu-west-1:123456789012:task-definition/shop:3".into(),
+        started_by: None,
+        replaces: None,
+    });
+    let doc = serde_json::to_value(task_doc(&rec, &[])).unwrap();
+    assert_eq!(doc["Cluster"], "edge");
+    assert_eq!(doc["TaskARN"], arn.as_str());
+    assert_eq!(doc["Revision"], "3");
+    let c = &doc["Containers"][0];
+    assert_eq!(c["Labels"]["com.amazonaws.ecs.cluster"], "edge");
+    assert_eq!(
+        c["Labels"]["com.amazonaws.ecs.task-definition-version"],
+        "3"
+    );
+    assert_eq!(
+        c["ContainerARN"],
+        format!("arn:aws:ecs:eu-west-1:123456789012:container/edge/{TASK}/web")
+    );
+}
+
+#[test]
 fn who_may_present_a_token() {
     let ip = |a: [u8; 4]| IpAddr::from(a);
     let bridge = bridge_task();

@@ -1960,4 +1960,15 @@ pub mod ecs {
         args.extend_from_slice(more);
         a.aws(&args)
     }
+
+    /// `aws ecs wait <waiter>` (`tasks-running`, `tasks-stopped`) for task `arn` of cluster edge.
+    pub fn wait_task(a: &Apid, waiter: &str, arn: &str) {
+        a.aws(&["wait", waiter, "--cluster", "edge", "--tasks", arn]);
+    }
+
+    /// `aws ecs stop-task` of `arn` in cluster edge, waiting until it is STOPPED.
+    pub fn stop_task(a: &Apid, arn: &str) {
+        a.aws(&["stop-task", "--cluster", "edge", "--task", arn]);
+        wait_task(a, "tasks-stopped", arn);
+    }
 }

@@ -22,7 +22,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use skiff_tests::ecs::{create_service, service_tasks, set_state, stable, task_ids, until};
+use skiff_tests::ecs::{
+    create_service, service_tasks, set_state, stable, stop_task, task_ids, until, wait_task,
+};
 use skiff_tests::{Apid, BUSYBOX, ControlNet, Skiffd, privileged};
 
 const FAST: &str =
@@ -261,14 +263,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     );
     let arn = r["tasks"][0]["taskArn"].as_str().unwrap().to_owned();
     assert_eq!(instance_of(&r["tasks"][0]), idb);
-    apid.aws(&[
-        "wait",
-        "tasks-running",
-        "--cluster",
-        "edge",
-        "--tasks",
-        &arn,
-    ]);
+    wait_task(&apid, "tasks-running", &arn);
     let t = describe(&apid, &arn);
     assert_eq!(t["lastStatus"], "RUNNING", "{t:#}");
     let binding = &t["containers"][0]["networkBindings"][0];
@@ -316,15 +311,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
         ],
     );
     assert!(!out.status.success(), "{out:?}");
-    apid.aws(&["stop-task", "--cluster", "edge", "--task", &arn]);
-    apid.aws(&[
-        "wait",
-        "tasks-stopped",
-        "--cluster",
-        "edge",
-        "--tasks",
-        &arn,
-    ]);
+    stop_task(&apid, &arn);
     let t = describe(&apid, &arn);
     assert_eq!(t["stopCode"], "UserInitiated", "{t:#}");
     assert!(t["containers"][0]["exitCode"].is_i64(), "{t:#}");
@@ -348,15 +335,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     let again = raw(&apid, "RunTask", &once);
     assert_eq!(first["tasks"][0]["taskArn"], again["tasks"][0]["taskArn"]);
     let arn = first["tasks"][0]["taskArn"].as_str().unwrap().to_owned();
-    apid.aws(&["stop-task", "--cluster", "edge", "--task", &arn]);
-    apid.aws(&[
-        "wait",
-        "tasks-stopped",
-        "--cluster",
-        "edge",
-        "--tasks",
-        &arn,
-    ]);
+    stop_task(&apid, &arn);
 
     // A container that crashes after its restartAttemptPeriod, on node b: restarted locally,
     // even while b is cut off below.

@@ -238,6 +238,20 @@ fn no_certificate() -> Response {
     )
 }
 
+/// The verified instance and the parsed body of a call to a node route, or the refusal to
+/// answer with (no client certificate, or a body that is not the route's request).
+fn node_request<T: serde::de::DeserializeOwned>(
+    peer: Peer,
+    body: &[u8],
+) -> Result<(String, T), Response> {
+    let Some((id, _)) = peer.0 else {
+        return Err(no_certificate());
+    };
+    serde_json::from_slice(body)
+        .map(|r| (id, r))
+        .map_err(|e| refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")))
+}
+
 async fn whoami(Extension(peer): Extension<Peer>) -> Response {
     match peer.0 {
         Some((id, _)) => Json(json!({ "containerInstanceId": id })).into_response(),
@@ -250,12 +264,9 @@ async fn sync(
     Extension(peer): Extension<Peer>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some((id, _)) = peer.0 else {
-        return no_certificate();
-    };
-    let r: SyncRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")),
+    let (id, r): (String, SyncRequest) = match node_request(peer, &body) {
+        Ok(done) => done,
+        Err(refused) => return refused,
     };
     match ch.api.sync(&id, r).await {
         Ok(done) => Json(done).into_response(),
@@ -277,12 +288,9 @@ async fn reply_route(
     Extension(peer): Extension<Peer>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some((id, _)) = peer.0 else {
-        return no_certificate();
-    };
-    let r: crate::nodes::NodeReply = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")),
+    let (id, r): (String, crate::nodes::NodeReply) = match node_request(peer, &body) {
+        Ok(done) => done,
+        Err(refused) => return refused,
     };
     match ch.api.reply(&id, &r).await {
         Ok(()) => Json(json!({})).into_response(),
@@ -303,12 +311,9 @@ async fn renew_route(
     Extension(peer): Extension<Peer>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some((id, _)) = peer.0 else {
-        return no_certificate();
-    };
-    let r: skiff_runtime::protocol::RenewRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")),
+    let (id, r): (String, skiff_runtime::protocol::RenewRequest) = match node_request(peer, &body) {
+        Ok(done) => done,
+        Err(refused) => return refused,
     };
     match renew(&ch.api, &ch.ca, &id, &r.csr).await {
         Ok(done) => {

@@ -103,7 +103,7 @@ impl Link {
             return Duration::ZERO;
         };
         let base = Duration::from_millis(250)
-            .saturating_mul(1 << attempts.min(6).saturating_sub(1))
+            .saturating_mul(1 << attempts.min(7).saturating_sub(1))
             .min(MAX_BACKOFF);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
