@@ -243,13 +243,16 @@ fn no_certificate() -> Response {
 fn node_request<T: serde::de::DeserializeOwned>(
     peer: Peer,
     body: &[u8],
-) -> Result<(String, T), Response> {
+) -> Result<(String, T), Box<Response>> {
     let Some((id, _)) = peer.0 else {
-        return Err(no_certificate());
+        return Err(Box::new(no_certificate()));
     };
-    serde_json::from_slice(body)
-        .map(|r| (id, r))
-        .map_err(|e| refusal(StatusCode::BAD_REQUEST, format!("the request: {e}")))
+    serde_json::from_slice(body).map(|r| (id, r)).map_err(|e| {
+        Box::new(refusal(
+            StatusCode::BAD_REQUEST,
+            format!("the request: {e}"),
+        ))
+    })
 }
 
 async fn whoami(Extension(peer): Extension<Peer>) -> Response {
@@ -266,7 +269,7 @@ async fn sync(
 ) -> Response {
     let (id, r): (String, SyncRequest) = match node_request(peer, &body) {
         Ok(done) => done,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match ch.api.sync(&id, r).await {
         Ok(done) => Json(done).into_response(),
@@ -290,7 +293,7 @@ async fn reply_route(
 ) -> Response {
     let (id, r): (String, crate::nodes::NodeReply) = match node_request(peer, &body) {
         Ok(done) => done,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match ch.api.reply(&id, &r).await {
         Ok(()) => Json(json!({})).into_response(),
@@ -313,7 +316,7 @@ async fn renew_route(
 ) -> Response {
     let (id, r): (String, skiff_runtime::protocol::RenewRequest) = match node_request(peer, &body) {
         Ok(done) => done,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match renew(&ch.api, &ch.ca, &id, &r.csr).await {
         Ok(done) => {
