@@ -55,17 +55,7 @@ fi
 
 echo "== sample image from busybox-static"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"
-cp /bin/busybox "$work/rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$work/rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$work/rootfs/etc/passwd"
-echo 'Hello from a Skiff sample image' > "$work/rootfs/etc/motd"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:1.0"
-# (umoci 0.4's `insert` writes a truncated tar; a layer made by GNU tar is added instead)
-tar -C "$work/rootfs" --numeric-owner -cf "$work/layer.tar" .
-umoci raw add-layer --image "$work/layout:1.0" "$work/layer.tar"
-umoci config --image "$work/layout:1.0" --config.cmd /bin/sh --config.env PATH=/bin
+./packaging/sample-image.sh "$work/layout" 1.0
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1.0" "docker://$IMAGE"
 
 echo "== skiff image pull $IMAGE"

@@ -50,32 +50,92 @@ smoke() {
   $run "$root/usr/bin/skiff-apid" --config "$d/apid.toml" keys create | jq -e '.AccessKey.AccessKeyId | startswith("AKIA")' >/dev/null \
     || fail "$arch skiff-apid keys create"
   $run "$root/usr/bin/skiff-apid" --config "$d/apid.toml" keys list | grep -q AKIA || fail "$arch skiff-apid keys list"
-  umoci init --layout "$d/layout" && umoci new --image "$d/layout:1"
   : > "$d/images.toml"
-  $run "$root/usr/bin/skiff" image load --name local/empty "$d/layout" --root "$d/store" --config "$d/images.toml" >/dev/null \
+  $run "$root/usr/bin/skiff" image load --name local/sample "$work/layout" --root "$d/store" --config "$d/images.toml" >/dev/null \
     || fail "$arch skiff image load"
-  $run "$root/usr/bin/skiff" image ls --root "$d/store" --config "$d/images.toml" | grep -q local/empty || fail "$arch skiff image ls"
+  $run "$root/usr/bin/skiff" image ls --root "$d/store" --config "$d/images.toml" | grep -q local/sample || fail "$arch skiff image ls"
   echo "$arch binaries: skiffd, skiff (image load, ls) and skiff-apid (SQLite store, keys) work"
 }
+./packaging/sample-image.sh "$work/layout" 1.0 >/dev/null
 smoke amd64 ""
 smoke arm64 qemu-aarch64-static
 
-# Maintainer scripts, as dpkg runs them on install and on upgrade, without systemd, in a
-# mount namespace whose /etc/passwd, /etc/group, /etc/skiff and /var/lib/skiff* are copies.
-for f in passwd group shadow gshadow; do cp "/etc/$f" "$work/$f"; done
-before=$(sha256sum /etc/passwd /etc/group)
-# shellcheck disable=SC2016 # expanded by the inner shell
-W="$work" unshare --mount bash -euo pipefail -c '
-  for f in passwd group shadow gshadow; do mount --bind "$W/$f" "/etc/$f"; done
-  for d in /etc/skiff /var/lib/skiff /var/lib/skiff-apid; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
-  for pkg in skiff skiff-apid; do
-    "$W/ctl-$pkg-amd64/postinst" configure ""
-    "$W/ctl-$pkg-amd64/postinst" configure 0.0.9
-    "$W/ctl-$pkg-amd64/prerm" upgrade 0.1.0
+# Installed for real, then upgraded in place with a task running, as on a box without systemd
+# (like this machine): in private PID, mount and network namespaces whose /usr, /etc and /var
+# are overlays (dpkg, adduser and skiffd write there; the machine's own stay untouched), with a
+# cgroup parent of its own. skiff-apid is installed with dpkg and runs as its packaged user;
+# install.sh installs skiff 1 (version -1) and registers the box with an activation; a bridge
+# task with a port mapping runs through the ECS API; install.sh again with skiff -2 (the same
+# package rebuilt) is the upgrade: skiffd must restart on the new binary while the task's
+# process stays the same one, still serving, and the node reconnects. The namespaces' end takes
+# every process, mount and link with it; the cgroups are removed below.
+dpkg-deb -R "$work/debs/skiff_${version}-1_amd64.deb" "$work/repack"
+sed -i "s/^Version: .*/Version: ${version}-2/" "$work/repack/DEBIAN/control"
+dpkg-deb -b --root-owner-group "$work/repack" "$work/debs/skiff_${version}-2_amd64.deb" >/dev/null
+parent="skiff-ci-packages-$$"
+remove_cgroups() {
+  for h in /sys/fs/cgroup/*/"$parent" /sys/fs/cgroup/"$parent"; do
+    if [ -d "$h" ]; then find "$h" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
-  getent passwd skiff-apid >/dev/null || { echo "postinst made no skiff-apid user" >&2; exit 1; }
-  [ "$(stat -c %a:%U /var/lib/skiff-apid)" = 700:skiff-apid ] || { echo "/var/lib/skiff-apid: $(stat -c %a:%U /var/lib/skiff-apid)" >&2; exit 1; }
-  [ "$(stat -c %a /etc/skiff/node)" = 700 ] || { echo "/etc/skiff/node is not 0700" >&2; exit 1; }
+}
+trap 'remove_cgroups; rm -rf "$work"' EXIT
+before=$(sha256sum /etc/passwd /etc/group /var/lib/dpkg/status)
+# shellcheck disable=SC2016 # expanded by the inner shell
+W="$work" V="$version" P="$parent" unshare --pid --fork --mount-proc --mount --net bash -euo pipefail -c '
+  fail() { echo "test-packages (install, upgrade): $*" >&2; tail -n 30 /var/log/skiff/skiffd.log "$W/apid.log" >&2 || true; exit 1; }
+  ip link set lo up
+  for d in usr etc var; do
+    mkdir -p "$W/overlay/$d" "$W/overlay/$d.work"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$W/overlay/$d,workdir=$W/overlay/$d.work" "/$d"
+  done
+  mkdir -p /run/skiff && mount -t tmpfs tmpfs /run/skiff
+  mkdir -p /etc/skiff
+  printf "cgroup_parent = \"%s\"\nimage_pull_behavior = \"prefer-cached\"\n" "$P" > /etc/skiff/skiffd.toml
+
+  dpkg -i "$W/debs/skiff-apid_${V}-1_amd64.deb" >/dev/null
+  [ "$(stat -c %U:%a /var/lib/skiff-apid)" = skiff-apid:700 ] || fail "/var/lib/skiff-apid is $(stat -c %U:%a /var/lib/skiff-apid)"
+  as_apid() { runuser -u skiff-apid -- skiff-apid --config /etc/skiff/apid.toml "$@"; }
+  as_apid serve > "$W/apid.log" 2>&1 &
+  for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8460/ && break; sleep 0.1; done
+  key=$(as_apid keys create)
+  export AWS_ACCESS_KEY_ID=$(jq -r .AccessKey.AccessKeyId <<<"$key") AWS_SECRET_ACCESS_KEY=$(jq -r .AccessKey.SecretAccessKey <<<"$key")
+  export AWS_DEFAULT_REGION=us-east-1 AWS_PAGER=""
+  ecs() { aws ecs --endpoint-url http://127.0.0.1:8460 --output json "$@"; }
+  ecs create-cluster --cluster-name pkg >/dev/null
+  act=$(as_apid activations create --cluster pkg --count 1 --expires 1h)
+  as_apid ca-cert > "$W/ca.pem"
+  install_skiff() {
+    ./packaging/install.sh --endpoint https://127.0.0.1:8461 --ca-cert "$W/ca.pem" \
+      --activation-id "$(jq -r .ActivationId <<<"$act")" --activation-code "$(jq -r .ActivationCode <<<"$act")" \
+      --cluster pkg --attribute site=packages --deb "$1" > "$W/install.log" 2>&1 || { cat "$W/install.log" >&2; fail "install.sh --deb $1"; }
+  }
+  install_skiff "$W/debs/skiff_${V}-1_amd64.deb"
+  [ "$(stat -c %a /etc/skiff/node)" = 700 ] || fail "/etc/skiff/node is not 0700"
+  connected() { ecs list-container-instances --cluster pkg --filter "agentConnected == true" | jq ".containerInstanceArns | length"; }
+  for _ in $(seq 100); do [ "$(connected)" = 1 ] && break; sleep 0.2; done
+  [ "$(connected)" = 1 ] || fail "the node did not connect after install.sh"
+
+  skiff image load --name 127.0.0.1:5055/samples/busybox "$W/layout" >/dev/null
+  td=$(ecs register-task-definition --cli-input-json file://packaging/examples/web-task.json | jq -r .taskDefinition.taskDefinitionArn)
+  task=$(ecs run-task --cluster pkg --task-definition "$td" | jq -r ".tasks[0].taskArn")
+  ecs wait tasks-running --cluster pkg --tasks "$task"
+  curl -fsS --retry 20 --retry-connrefused --retry-delay 0 http://127.0.0.1:8080/ | grep -q "Hello from a Skiff task" || fail "the task does not serve"
+  old_skiffd=$(pidof skiffd) old_httpd=$(pidof httpd)
+
+  install_skiff "$W/debs/skiff_${V}-2_amd64.deb"
+  [ "$(dpkg-query -W -f "\${Version}" skiff)" = "${V}-2" ] || fail "skiff was not upgraded"
+  grep -q "registered already" "$W/install.log" || fail "install.sh registered the box again"
+  new_skiffd=$(pidof skiffd)
+  [ -n "$new_skiffd" ] && [ "$new_skiffd" != "$old_skiffd" ] || fail "skiffd was not restarted (pid $old_skiffd, now $new_skiffd)"
+  [ "$(readlink /proc/"$new_skiffd"/exe)" = /usr/bin/skiffd ] || fail "skiffd runs $(readlink /proc/"$new_skiffd"/exe)"
+  [ "$(pidof httpd)" = "$old_httpd" ] || fail "the task was restarted (httpd pid $old_httpd, now $(pidof httpd))"
+  curl -fsS http://127.0.0.1:8080/ | grep -q "Hello from a Skiff task" || fail "the task does not serve after the upgrade"
+  for _ in $(seq 100); do [ "$(connected)" = 1 ] && break; sleep 0.2; done
+  [ "$(connected)" = 1 ] || fail "the node did not reconnect after the upgrade"
+  [ "$(skiff task ls --json | jq -r ".[0].lastStatus")" = RUNNING ] || fail "the new skiffd does not hold the task"
+  [ "$(ecs describe-tasks --cluster pkg --tasks "$task" | jq -r ".tasks[0].lastStatus")" = RUNNING ] || fail "apid lost the task"
+  ecs stop-task --cluster pkg --task "$task" >/dev/null
+  ecs wait tasks-stopped --cluster pkg --tasks "$task"
 '
-[ "$(sha256sum /etc/passwd /etc/group)" = "$before" ] || fail "the maintainer scripts changed the machine's /etc/passwd or /etc/group"
-echo "maintainer scripts: install and upgrade work without systemd; nothing on the machine changed"
+[ "$(sha256sum /etc/passwd /etc/group /var/lib/dpkg/status)" = "$before" ] || fail "the machine's /etc/passwd, /etc/group or dpkg status changed"
+echo "install and upgrade: skiff-apid installed with dpkg runs as its user; install.sh installs skiff and registers the box; an upgrade in place restarts skiffd on the new binary and the task keeps its process and keeps serving"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of Skiff: formatting, lints, docs, unit tests, the privileged
-# end-to-end tests (real registry, skopeo, umoci, overlayfs), and a short fuzzing run.
+# end-to-end tests (real registry, skopeo, umoci, overlayfs), the quick start, the .deb packages
+# (built for amd64 and arm64, installed and upgraded), and a short fuzzing run.
 # Needs root: tests mount overlayfs, chown and mknod. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ step "cargo doc";           RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-d
 step "cargo build";         cargo build --workspace
 step "cargo test";          cargo test --workspace
 step "quick start (twice, in private namespaces)"; ./tests/quickstart-ci.sh
+step "packages (amd64 and arm64; install and upgrade in private namespaces)"; ./packaging/test-packages.sh
 step "fuzz (${FUZZ_SECONDS:=30}s per target)"
 FUZZ_SECONDS="$FUZZ_SECONDS" ./images/fuzz/run.sh
 FUZZ_SECONDS="$FUZZ_SECONDS" ./apid/fuzz/run.sh

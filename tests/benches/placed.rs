@@ -9,7 +9,7 @@
 //! The setup is the end-to-end tests' (`tests/tests/nodes.rs`): the release `skiff-apid` on
 //! SQLite (production settings: WAL, synchronous=FULL) and one release `skiffd` registered with
 //! an activation, in a network namespace of its own, reaching apid's node channel over mTLS
-//! through a test bridge. The task is one busybox `sleep` container (`networkMode: none`,
+//! through a test bridge. The task is one busybox container that sleeps and exits on SIGTERM (`networkMode: none`,
 //! image cached). Measured (`tests/benches/placed.py`):
 //!
 //! - **placed**: `BENCH_ROUNDS` (default 100) times, RunTask, then DescribeTasks every 2 ms
@@ -38,7 +38,7 @@ const RERUN: &str =
 
 fn definition() -> Value {
     json!({"family": "bench", "networkMode": "none", "containerDefinitions": [
-        {"name": "app", "image": BUSYBOX, "memory": 16, "command": ["sleep", "3600"]}]})
+        {"name": "app", "image": BUSYBOX, "memory": 16, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]}]})
 }
 
 fn stats(v: &[f64]) -> String {

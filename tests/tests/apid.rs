@@ -96,15 +96,12 @@ fn the_aws_cli_manages_clusters_and_task_definitions() {
     assert!(e.contains("(ClusterNotFoundException)"), "{e}");
     let e = a.aws_err(
         (&a.key.0, &a.key.1),
-        &[
-            "list-clusters",
-            "--max-items",
-            "1",
-            "--starting-token",
-            "bogus",
-        ],
+        &["list-clusters", "--no-paginate", "--next-token", "bogus"],
     );
-    assert!(!e.is_empty());
+    assert!(
+        e.contains("(InvalidParameterException)") && e.contains("nextToken is not valid"),
+        "{e}"
+    );
 }
 
 #[test]

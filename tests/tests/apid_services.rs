@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use skiff_tests::ecs::{
     create_service, service, service_tasks, set_state, stable, task_ids, until,
 };
@@ -30,17 +30,11 @@ fn on_node(nodes: &SimNodes, k: usize, ids: &BTreeSet<String>) -> usize {
     nodes.running(k).iter().filter(|t| ids.contains(*t)).count()
 }
 
-/// `aws ecs update-service` of service web to `task_definition`.
-fn deploy(a: &Apid, task_definition: &str) {
-    a.aws(&[
-        "update-service",
-        "--cluster",
-        "edge",
-        "--service",
-        "web",
-        "--task-definition",
-        task_definition,
-    ]);
+/// `aws ecs update-service` of service web with `args`.
+fn update(a: &Apid, args: &[&str]) -> Value {
+    let mut all = vec!["update-service", "--cluster", "edge", "--service", "web"];
+    all.extend_from_slice(args);
+    a.aws(&all)
 }
 
 fn register(a: &Apid, family: &str, revision: i64) {
@@ -98,7 +92,7 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
 
     // A rolling deployment to web:2, watched by boto3's waiter.
     register(&a, "web", 2);
-    deploy(&a, "web:2");
+    update(&a, &["--task-definition", "web:2"]);
     let script = format!(
         "import boto3\nc = boto3.client('ecs', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='{}', aws_secret_access_key='{}')\nc.get_waiter('services_stable').wait(cluster='edge', services=['web'], WaiterConfig={{'Delay': 1, 'MaxAttempts': 90}})\nprint(c.describe_services(cluster='edge', services=['web'])['services'][0]['taskDefinition'])\n",
         a.endpoint(),
@@ -125,7 +119,7 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
     // web:3 fails to start on the nodes: the circuit breaker rolls back to web:2.
     register(&a, "web", 3);
     nodes.fail(&["web:3"]);
-    deploy(&a, "web:3");
+    update(&a, &["--task-definition", "web:3"]);
     until(90, "the rollback", || {
         let s = service(&a, "web");
         let events = s["events"].to_string();
@@ -137,6 +131,29 @@ fn services_roll_out_replace_and_survive_disconnection_through_the_aws_cli() {
         "{s}"
     );
     nodes.fail(&[]);
+
+    // forceNewDeployment: the same revision, every task replaced; then desiredCount down and up.
+    let before = task_ids(&service_tasks(&a, "web"));
+    let s = update(&a, &["--force-new-deployment"]);
+    assert_eq!(
+        s["service"]["deployments"].as_array().map(Vec::len),
+        Some(2),
+        "{s:#}"
+    );
+    let s = stable(&a, "web", 4);
+    assert!(
+        s["taskDefinition"].as_str().unwrap().ends_with("web:2"),
+        "{s}"
+    );
+    assert!(
+        task_ids(&service_tasks(&a, "web")).is_disjoint(&before),
+        "a forced deployment replaces every task"
+    );
+    update(&a, &["--desired-count", "2"]);
+    stable(&a, "web", 2);
+    assert_eq!(service_tasks(&a, "web").len(), 2);
+    update(&a, &["--desired-count", "4"]);
+    stable(&a, "web", 4);
 
     // Drain node 0: its tasks move to the others.
     set_state(&a, &nodes.ids[0], "DRAINING");
@@ -332,7 +349,7 @@ fn a_replica_takes_over_scheduling_when_the_other_dies_on_postgres() {
     stable(&second, "web", 6);
     // A deployment starts; the scheduling replica dies at once, in the middle of it.
     register(&second, "web", 2);
-    deploy(&second, "web:2");
+    update(&second, &["--task-definition", "web:2"]);
     first.kill();
     until(30, "the second replica taking over", || {
         second

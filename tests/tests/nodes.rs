@@ -160,6 +160,19 @@ fn consistent(a: &Apid, nodes: &[(&Skiffd, &str)]) -> bool {
     })
 }
 
+/// Cuts `n` off the network (its link down), as an edge box losing its uplink.
+fn cut(n: &Skiffd) {
+    n.sh("ip link set eth0 down");
+}
+
+/// Brings `n`'s link back (and its default route, which went with it).
+fn reconnect(n: &Skiffd) {
+    n.sh(&format!(
+        "ip link set eth0 up && ip route replace default via {}",
+        ControlNet::ADDR
+    ));
+}
+
 /// GET http://ADDR:PORT/ from inside `n`'s namespace.
 fn get(n: &Skiffd, addr: &str, port: &Value) -> String {
     n.sh(&format!(
@@ -435,7 +448,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     until(20, "the flaky task on b", || {
         held(&b).is_superset(&first).then_some(())
     });
-    b.sh("ip link set eth0 down");
+    cut(&b);
     std::fs::write(flag.join("die"), "").unwrap();
     let replacement = until(30, "b to replace the failed service task", || {
         let now = held(&b);
@@ -449,7 +462,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
             .collect();
         (new.len() == 1 && now.is_disjoint(&first)).then(|| new[0].clone())
     });
-    b.sh("ip link set eth0 up && ip route replace default via 10.254.77.1");
+    reconnect(&b);
     until(30, "apid to adopt the replacement", || {
         let ts = service_tasks(&apid, "flaky");
         (task_ids(&ts) == BTreeSet::from([replacement.clone()]) && ts[0]["lastStatus"] == "RUNNING")
@@ -471,7 +484,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     // Cut b off. Its tasks keep running; its crashing container restarts locally.
     let b_service: BTreeSet<String> = held(&b).intersection(&task_ids(&tasks)).cloned().collect();
     assert_eq!(b_service.len(), 2);
-    b.sh("ip link set eth0 down");
+    cut(&b);
     let restarted = b.wait_for(&crash_id, 150, |t| {
         t["containers"][0]["restartCount"].as_u64() >= Some(1)
     });
@@ -490,7 +503,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
         .then_some(())
     });
     // Back: b stops its stale copies and keeps what apid still wants.
-    b.sh("ip link set eth0 up && ip route replace default via 10.254.77.1");
+    reconnect(&b);
     until(60, "b to converge", || {
         consistent(&apid, &[(&a, &ida), (&b, &idb)]).then_some(())
     });
@@ -509,8 +522,28 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     });
     stable(&apid, "web", 4);
 
-    // Drain a: its service tasks move to b.
+    // Drain a while it is cut off: it keeps its tasks until it is back, then its service
+    // tasks move to b.
+    let on_a = held(&a);
+    assert!(!on_a.is_empty());
+    cut(&a);
+    until(20, "a shown disconnected", || {
+        let d = apid.aws(&[
+            "describe-container-instances",
+            "--cluster",
+            "edge",
+            "--container-instances",
+            &ida,
+        ]);
+        (d["containerInstances"][0]["agentConnected"] == false).then_some(())
+    });
     set_state(&apid, &ida, "DRAINING");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        held(&a).is_superset(&on_a),
+        "a cut-off node keeps its tasks"
+    );
+    reconnect(&a);
     until(90, "a drained", || {
         let ts = service_tasks(&apid, "web");
         (ts.len() == 4
@@ -524,7 +557,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
 
     // Deregister b (force) while it is cut off: its certificate is revoked; when b is back it
     // is refused, stops its tasks and retires its registration.
-    b.sh("ip link set eth0 down");
+    cut(&b);
     apid.aws(&[
         "deregister-container-instance",
         "--cluster",
@@ -533,6 +566,11 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
         &idb,
         "--force",
     ]);
+    assert!(
+        !held(&b).is_empty(),
+        "b's tasks keep running while it is cut off"
+    );
+    reconnect(&b);
     until(60, "b to stop its tasks", || {
         held(&b).is_empty().then_some(())
     });
