@@ -208,6 +208,53 @@ impl TaskCgroup {
         Path::new("/").join(&self.rel).join(container)
     }
 
+    /// Creates child cgroup `name` of the task's (in every hierarchy the task's exists in) and
+    /// returns its `cgroup.procs` files: a process written there is in the task's limits. For
+    /// processes that are not containers (libcontainer places those), such as a task's VMM.
+    pub fn procs_files(&self, name: &str) -> Result<Vec<PathBuf>, CgroupError> {
+        self.dirs()
+            .into_iter()
+            .map(|d| {
+                let child = d.join(name);
+                fs::create_dir_all(&child).map_err(io("create", &child))?;
+                Ok(child.join("cgroup.procs"))
+            })
+            .collect()
+    }
+
+    /// SIGKILLs the processes of child cgroup `name` and waits (a few seconds at most) until it
+    /// is empty, so that the task's cgroup can be removed.
+    pub async fn kill_child(&self, name: &str) {
+        let procs: Vec<PathBuf> = self
+            .dirs()
+            .into_iter()
+            .map(|d| d.join(name).join("cgroup.procs"))
+            .filter(|p| p.exists())
+            .collect();
+        for _ in 0..300 {
+            let pids: Vec<i32> = procs
+                .iter()
+                .filter_map(|p| fs::read_to_string(p).ok())
+                .flat_map(|t| {
+                    t.lines()
+                        .filter_map(|l| l.trim().parse().ok())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tracing::warn!(cgroup = %self.rel.join(name).display(), "processes left after SIGKILL");
+    }
+
     /// Every directory of this task's cgroup, in every hierarchy where it exists.
     fn dirs(&self) -> Vec<PathBuf> {
         in_hierarchies(&self.layout, &self.rel)

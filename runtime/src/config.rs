@@ -86,6 +86,9 @@ pub struct NodeConfig {
     /// life (10 of apid's 30 days). Tests shorten the wait with a long lead.
     #[serde(with = "humantime_serde_compat::option")]
     pub renew_certificate_before: Option<Duration>,
+    /// MicroVM isolation for tasks that ask for it (`requiresCompatibilities` FARGATE); off
+    /// (such tasks refused) without the section.
+    pub vm: Option<crate::vm::VmConfig>,
 }
 
 impl Default for NodeConfig {
@@ -110,6 +113,7 @@ impl Default for NodeConfig {
             credentials_dir: PathBuf::from("/etc/skiff/node"),
             reserved_memory: 0,
             renew_certificate_before: None,
+            vm: None,
         }
     }
 }
@@ -169,6 +173,9 @@ impl NodeConfig {
             )));
         }
         cfg.network.validate().map_err(|e| invalid(e.to_string()))?;
+        if let Some(vm) = &cfg.vm {
+            vm.validate().map_err(invalid)?;
+        }
         Ok(cfg)
     }
 

@@ -23,6 +23,7 @@ use crate::record::{
 use crate::runner::{Event, Runner};
 use crate::stats::{self, TaskStats};
 use crate::taskdef::{CpuArchitecture, NetworkMode, TaskDefinition, TaskDefinitionError};
+use crate::vm::VmSupport;
 
 /// Errors of the task service.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +160,7 @@ pub fn new_task_id() -> String {
 /// What a task asks of the node that this node cannot give, as ECS's placement would refuse
 /// it: a network mode the node's networking is not set up for, microVM isolation, another CPU
 /// architecture.
-fn node_supports(def: &TaskDefinition, net: &Networking) -> Result<(), String> {
+fn node_supports(def: &TaskDefinition, net: &Networking, vm: &VmSupport) -> Result<(), String> {
     match (def.network_mode(), net) {
         (NetworkMode::None | NetworkMode::Host, _) => {}
         (mode, Networking::Unavailable(why)) => {
@@ -184,10 +185,7 @@ fn node_supports(def: &TaskDefinition, net: &Networking) -> Result<(), String> {
         }
     }
     if def.wants_vm() {
-        return Err(
-            "requiresCompatibilities FARGATE asks for microVM isolation, not available on this node yet"
-                .into(),
-        );
+        vm_supports(def, vm)?;
     }
     let node = match std::env::consts::ARCH {
         "x86_64" => Some(CpuArchitecture::X86_64),
@@ -203,6 +201,34 @@ fn node_supports(def: &TaskDefinition, net: &Networking) -> Result<(), String> {
         return Err(format!(
             "runtimePlatform.cpuArchitecture {want:?} does not match this node ({})",
             std::env::consts::ARCH
+        ));
+    }
+    Ok(())
+}
+
+/// What a microVM task needs beyond a container task: the node's VM support, and what the
+/// VM can give (its network mode and volumes: the guest reaches none of the node's).
+fn vm_supports(def: &TaskDefinition, vm: &VmSupport) -> Result<(), String> {
+    vm.ready().map_err(|why| {
+        format!("requiresCompatibilities FARGATE asks for microVM isolation, unavailable on this node: {why}")
+    })?;
+    if def.network_mode() != NetworkMode::None {
+        return Err(format!(
+            "networkMode {}: microVM tasks run with networkMode none on this node (task networking for VMs is not built yet)",
+            def.network_mode().as_str()
+        ));
+    }
+    if let Some(v) = def.volumes.first() {
+        return Err(format!(
+            "volumes[0] ({}): microVM tasks cannot mount node volumes (the guest sees no host path)",
+            v.name
+        ));
+    }
+    let (_, memory) = crate::vm::size(def);
+    if memory < crate::vm::MIN_MEMORY_MIB {
+        return Err(format!(
+            "memory {memory} MiB: a microVM task needs at least {} MiB",
+            crate::vm::MIN_MEMORY_MIB
         ));
     }
     Ok(())
@@ -296,6 +322,18 @@ impl Daemon {
             init_binary: cfg.init_binary.clone(),
             net,
             net_config: cfg.network.clone(),
+            vm: {
+                let vm = VmSupport::probe(cfg.vm.as_ref());
+                match &vm {
+                    VmSupport::Ready(h) => {
+                        tracing::info!(accel = ?h.accel, kernel = %h.config.kernel.display(), "microVM tasks available")
+                    }
+                    VmSupport::Unavailable(why) => {
+                        tracing::info!(reason = %why, "microVM tasks unavailable")
+                    }
+                }
+                vm
+            },
         });
         let records = Records::open(&cfg.tasks_dir())?;
         let daemon = Self {
@@ -432,7 +470,7 @@ impl Daemon {
         def: TaskDefinition,
         origin: Option<Origin>,
     ) -> Result<TaskRecord, DaemonError> {
-        node_supports(&def, &self.host.net).map_err(DaemonError::Unsupported)?;
+        node_supports(&def, &self.host.net, &self.host.vm).map_err(DaemonError::Unsupported)?;
         let containers = def
             .container_definitions
             .iter()
@@ -463,6 +501,7 @@ impl Daemon {
             containers,
             health_status: Health::Unknown,
             pause: None,
+            vm: None,
             cgroup: None,
             created_at: now(),
             started_at: None,

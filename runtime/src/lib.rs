@@ -33,4 +33,5 @@ pub mod stats;
 mod sys;
 pub mod taskdef;
 pub mod tasknet;
+pub mod vm;
 pub mod volumes;

@@ -74,6 +74,7 @@ fn bridge_task() -> TaskRecord {
         containers: vec![container("web", WEB_TOKEN), job],
         health_status: Health::Healthy,
         pause: None,
+        vm: None,
         cgroup: Some("/skiff/t".into()),
         created_at: 1_795_324_443.0,
         started_at: Some(1_795_324_445.0),

@@ -22,10 +22,11 @@ use tokio::io::AsyncBufReadExt;
 use crate::cgroups::{CgroupError, Layout, TaskCgroup, TaskLimits};
 use crate::ipcns;
 use crate::logs::Rotation;
-use crate::record::{ShimRef, TaskRecord};
+use crate::record::{ShimRef, TaskRecord, VmRecord};
 use crate::spec::{ImageRunConfig, SpecError, SpecInputs, build_spec};
 use crate::taskdef::{ContainerDefinition, NamespaceMode};
 use crate::tasknet;
+use crate::vm::{self, VmDir, VmSupport};
 use crate::volumes::{self, VolumeDirs, VolumeError};
 
 fn volume_dirs(host: &Host, task_dir: &Path) -> VolumeDirs {
@@ -74,6 +75,9 @@ pub enum ProvisionError {
     /// The task's network could not be set up.
     #[error("ResourceInitializationError: network: {0}")]
     Network(#[from] skiff_netd::NetError),
+    /// The task's microVM could not be made or booted.
+    #[error("ResourceInitializationError: microVM: {0}")]
+    Vm(#[from] vm::VmError),
     /// The shim could not start the container.
     #[error("CannotStartContainerError: container {container}: {message}")]
     Start {
@@ -124,6 +128,8 @@ pub struct Host {
     pub net: Networking,
     /// Its settings (DNS, metadata address), whether or not it started.
     pub net_config: skiff_netd::NetConfig,
+    /// MicroVM isolation, or why not.
+    pub vm: VmSupport,
 }
 
 /// The node's task networking, or why it did not start (then only `host` and `none` tasks run).
@@ -176,11 +182,18 @@ impl ContainerFiles {
     }
 }
 
-/// The task cgroup's limits: the task-level `cpu` and `memory`, the node's task pids limit.
+/// The task cgroup's limits: the task-level `cpu` and `memory`, the node's task pids limit. A
+/// microVM task's memory is the VM's plus the VMM's own overhead (the guest's memory is the
+/// VMM process's, charged to the cgroup it runs in).
 fn limits(host: &Host, rec: &TaskRecord) -> TaskLimits {
-    let res = rec.task_definition.resources();
+    let def = &rec.task_definition;
+    let res = def.resources();
+    let memory_mib = match (&host.vm, def.wants_vm()) {
+        (VmSupport::Ready(vm), true) => Some(vm::size(def).1 + vm.config.overhead_mib),
+        _ => res.memory.map(u64::from),
+    };
     TaskLimits {
-        memory_bytes: res.memory.map(|m| u64::from(m) << 20),
+        memory_bytes: memory_mib.map(|m| m << 20),
         cpu_units: res.cpu,
         pids: host.task_pids_limit,
     }
@@ -230,7 +243,10 @@ pub async fn provision(
     let etc = tasknet::write_etc(task_dir, rec, &host.net_config)
         .map_err(io("write hosts and resolv.conf in", task_dir))?;
     let volumes = volumes::prepare(&def, &volume_dirs(host, task_dir))?;
+    let in_vm = def.wants_vm();
     let task_ipc = match def.ipc_mode {
+        // A VM's containers share its kernel's namespaces: nothing to hold.
+        _ if in_vm => None,
         Some(NamespaceMode::Task) => {
             let shm = def
                 .container_definitions
@@ -244,6 +260,7 @@ pub async fn provision(
         _ => None,
     };
     let task_pid = match def.pid_mode {
+        _ if in_vm => None,
         Some(NamespaceMode::Task) => {
             let (shim, pid) = start_pause(host, rec, task_dir, &cgroup).await?;
             rec.pause = Some(shim);
@@ -251,7 +268,8 @@ pub async fn provision(
         }
         _ => None,
     };
-    for c in &def.container_definitions {
+    let mut disks = Vec::new();
+    for (index, c) in def.container_definitions.iter().enumerate() {
         let runtime_id = rec
             .container(&c.name)
             .map(|r| r.runtime_id.clone())
@@ -292,14 +310,90 @@ pub async fn provision(
             group: &group,
             env_files: &env_files,
             mounts,
-            init_binary: Some(&host.init_binary),
+            // In a VM the agent is init, and the node's tini is not in the guest.
+            init_binary: (!in_vm).then_some(host.init_binary.as_path()),
             pids_limit: host.pids_limit,
             allow_privileged: host.allow_privileged,
             seccomp_profile: Some(&host.seccomp_profile),
         })?;
         write_bundle(&files, &spec)?;
+        if in_vm {
+            disks.push((vm::disk_serial(index), rootfs.path.clone(), c.name.clone()));
+        }
+    }
+    if in_vm {
+        rec.vm = Some(boot_vm(host, rec, task_dir, &cgroup, disks).await?);
     }
     Ok(())
+}
+
+/// Copies each container's root filesystem into its disk image and boots the task's VM through
+/// `skiff-shim vm` (in the task's cgroup), waiting until its agent answers.
+async fn boot_vm(
+    host: &Host,
+    rec: &TaskRecord,
+    task_dir: &Path,
+    cgroup: &TaskCgroup,
+    rootfs: Vec<(String, PathBuf, String)>,
+) -> Result<VmRecord, ProvisionError> {
+    let vmh = host
+        .vm
+        .ready()
+        .map_err(|why| vm::VmError::Boot(why.to_owned()))?;
+    let dir = VmDir::of(task_dir);
+    std::fs::create_dir_all(&dir.0).map_err(io("create", &dir.0))?;
+    let mut disks = Vec::new();
+    for (serial, root, name) in rootfs {
+        let image = dir.disk(&name);
+        vm::disk::make(&root, &image).await?;
+        disks.push((serial, image));
+    }
+    let (cpus, memory_mib) = vm::size(&rec.task_definition);
+    let spec = vm::VmSpec {
+        vmm: vmh.config.qemu.clone(),
+        kernel: vmh.config.kernel.clone(),
+        initrd: vmh.config.initrd.clone(),
+        accel: vmh.accel,
+        cpus,
+        memory_mib,
+        disks,
+        boot_timeout_ms: vmh.config.boot_timeout.as_millis() as u64,
+    };
+    let spec_path = dir.spec();
+    std::fs::write(
+        &spec_path,
+        serde_json::to_vec(&spec).expect("a spec serializes"),
+    )
+    .map_err(io("write", &spec_path))?;
+    let log = dir.0.join("shim.log");
+    let shim_log = std::fs::File::create(&log).map_err(io("create", &log))?;
+    let mut cmd = tokio::process::Command::new(&host.shim);
+    cmd.arg("vm").arg("--dir").arg(&dir.0);
+    for p in cgroup.procs_files(vm::VMM_CGROUP)? {
+        cmd.arg("--cgroup-procs").arg(p);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(shim_log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| vm::VmError::Boot(format!("spawning {}: {e}", host.shim.display())))?;
+    let (pid, line) = first_line(&mut child).await;
+    let Some((vmm_pid, shim_pid)) = line
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse::<i32>().ok())
+        .zip(pid)
+    else {
+        let _ = child.wait().await;
+        return Err(
+            vm::VmError::Boot(last_error(&log, "skiff-shim vm exited without a VM")).into(),
+        );
+    };
+    Ok(VmRecord {
+        shim: reap_later(child, shim_pid),
+        vmm_pid,
+    })
 }
 
 fn write_bundle(
@@ -379,7 +473,7 @@ async fn start_pause(
         seccomp_profile: Some(&host.seccomp_profile),
     })?;
     write_bundle(&files, &spec)?;
-    start(host, &def, &pause_id(&rec.task_id), &files).await
+    start(host, &def, &pause_id(&rec.task_id), &files, None).await
 }
 
 /// The image config's `config` section as the spec builder wants it.
@@ -458,13 +552,26 @@ fn rotation(c: &ContainerDefinition) -> Rotation {
         .unwrap_or_default()
 }
 
-/// Starts container `c` (runtime id `runtime_id`) through a new shim and waits until its
-/// process runs. Returns the shim and the container's init pid.
+/// Where a container of a microVM task runs: the task's VM and the disk with its root.
+#[derive(Clone, Debug)]
+pub struct InVm {
+    /// The VM's directory.
+    pub dir: VmDir,
+    /// Its VMM's pid.
+    pub vmm_pid: i32,
+    /// The serial of the container's disk.
+    pub disk: String,
+}
+
+/// Starts container `c` (runtime id `runtime_id`) through a new shim (`skiff-shim run`, or
+/// `vm-run` for a container of a microVM task) and waits until its process runs. Returns the
+/// shim and the container's init pid.
 pub async fn start(
     host: &Host,
     c: &ContainerDefinition,
     runtime_id: &str,
     files: &ContainerFiles,
+    vm: Option<&InVm>,
 ) -> Result<(ShimRef, i32), ProvisionError> {
     let fail = |message: String| ProvisionError::Start {
         container: c.name.clone(),
@@ -479,8 +586,18 @@ pub async fn start(
     let shim_log =
         std::fs::File::create(files.shim_log()).map_err(io("create", &files.shim_log()))?;
     let rot = rotation(c);
-    let mut child = host
-        .shim_command("run", runtime_id)
+    let mut cmd = match vm {
+        None => host.shim_command("run", runtime_id),
+        Some(vm) => {
+            let mut cmd = host.shim_command("vm-run", runtime_id);
+            cmd.arg("--vm-dir")
+                .arg(&vm.dir.0)
+                .args(["--disk", &vm.disk])
+                .args(["--host-pid", &vm.vmm_pid.to_string()]);
+            cmd
+        }
+    };
+    let mut child = cmd
         .arg("--bundle")
         .arg(&files.bundle)
         .arg("--exit-file")
@@ -499,38 +616,48 @@ pub async fn start(
         .process_group(0)
         .spawn()
         .map_err(|e| fail(format!("spawning {}: {e}", host.shim.display())))?;
-    let shim_pid = child.id().map(|p| p as i32);
-    let mut line = String::new();
-    let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-    let _ = out.read_line(&mut line).await;
+    let (shim_pid, line) = first_line(&mut child).await;
     let started = line
-        .trim()
         .strip_prefix("started ")
         .and_then(|p| p.parse::<i32>().ok());
     let Some((pid, shim_pid)) = started.zip(shim_pid) else {
         let _ = child.wait().await;
-        let log = std::fs::read_to_string(files.shim_log()).unwrap_or_default();
-        let msg = log
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("skiff-shim exited without starting the container");
-        return Err(fail(
-            msg.trim_start_matches("skiff-shim: error: ").to_owned(),
-        ));
+        return Err(fail(last_error(
+            &files.shim_log(),
+            "skiff-shim exited without starting the container",
+        )));
     };
-    let start_time = crate::process::start_time(shim_pid).unwrap_or(0);
-    // Reap the shim when it exits while this skiffd lives; it is watched through a pidfd.
+    Ok((reap_later(child, shim_pid), pid))
+}
+
+/// A shim's pid and the first line it prints (what it announces once its work runs).
+async fn first_line(child: &mut tokio::process::Child) -> (Option<i32>, String) {
+    let pid = child.id().map(|p| p as i32);
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = tokio::io::BufReader::new(out).read_line(&mut line).await;
+    }
+    (pid, line.trim().to_owned())
+}
+
+/// The last line a failed shim wrote in its log, its `error:` prefix dropped, else `otherwise`.
+fn last_error(log: &Path, otherwise: &str) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(otherwise)
+        .trim_start_matches("skiff-shim: error: ")
+        .to_owned()
+}
+
+/// The shim's reference (watched through a pidfd); reaped when it exits while this skiffd lives.
+fn reap_later(mut child: tokio::process::Child, pid: i32) -> ShimRef {
+    let start_time = crate::process::start_time(pid).unwrap_or(0);
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
-    Ok((
-        ShimRef {
-            pid: shim_pid,
-            start_time,
-        },
-        pid,
-    ))
+    ShimRef { pid, start_time }
 }
 
 /// Force-deletes container `runtime_id` (processes, libcontainer state and cgroup) if it exists.
@@ -576,6 +703,10 @@ pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
         tracing::warn!(task = %rec.task_id, error = %e, "releasing the task's network");
     }
     let cg = TaskCgroup::existing(host.layout.clone(), &host.cgroup_parent, &rec.task_id);
+    // A VMM still running (its shim killed, or a skiffd that died while booting it) holds the
+    // cgroup and the disks.
+    cg.kill_child(vm::VMM_CGROUP).await;
+    vm::remove_disks(&VmDir::of(task_dir));
     if let Err(e) = cg.remove() {
         tracing::warn!(task = %rec.task_id, error = %e, "removing task cgroup");
     }

@@ -65,6 +65,16 @@ pub struct ShimRef {
     pub start_time: u64,
 }
 
+/// A task's microVM: the shim that owns it, and its VMM process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmRecord {
+    /// `skiff-shim vm`.
+    pub shim: ShimRef,
+    /// The VMM's pid (what runs the containers, as seen from the host).
+    pub vmm_pid: i32,
+}
+
 /// One container of a task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -136,6 +146,9 @@ pub struct TaskRecord {
     /// The shim of the task's PID namespace holder (`pidMode: task`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<ShimRef>,
+    /// The task's microVM (`requiresCompatibilities` FARGATE), once booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmRecord>,
     /// The task's cgroup (`cgroupsPath` of its parent, relative to the hierarchies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
@@ -325,6 +338,7 @@ mod tests {
             }],
             health_status: Health::Unknown,
             pause: None,
+            vm: None,
             cgroup: None,
             created_at: 1.0,
             started_at: Some(1.5),

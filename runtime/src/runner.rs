@@ -29,6 +29,7 @@ use crate::provision::{self, ContainerFiles, Host};
 use crate::record::{ContainerStatus, Records, TaskRecord, epoch_seconds, now};
 use crate::shim::ExitStatus;
 use crate::taskdef::ContainerDefinition;
+use crate::vm::{self, VmDir};
 
 /// What happens to a task.
 #[derive(Debug)]
@@ -300,7 +301,18 @@ impl Runner {
         let def = self.definition(name);
         let runtime_id = self.rec.container(name).expect("record").runtime_id.clone();
         let files = ContainerFiles::new(&self.task_dir(), name);
-        let (shim, pid) = provision::start(&self.host, &def, &runtime_id, &files)
+        let vm = self.rec.vm.map(|v| provision::InVm {
+            dir: VmDir::of(&self.task_dir()),
+            vmm_pid: v.vmm_pid,
+            disk: vm::disk_serial(
+                self.rec
+                    .containers
+                    .iter()
+                    .position(|c| c.name == name)
+                    .expect("a record per container"),
+            ),
+        });
+        let (shim, pid) = provision::start(&self.host, &def, &runtime_id, &files, vm.as_ref())
             .await
             .map_err(|e| e.to_string())?;
         let r = self.rec.container_mut(name).expect("record");
@@ -367,12 +379,14 @@ impl Runner {
         }
         if matches!(self.rec.status, TaskStatus::Deprovisioning(_)) {
             self.save();
-            if let Some(pause) = self.rec.pause.take()
-                && let Some(w) = Watched::open(pause.pid, pause.start_time)
-            {
-                // The holder's shim kills it at once (stopTimeout 0); release deletes leftovers.
-                w.signal(Signal::TERM);
-                let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
+            // The PID namespace holder's shim kills it at once (stopTimeout 0); a VM shim powers
+            // its VM off. Release kills what is left.
+            let holders = [self.rec.pause.take(), self.rec.vm.take().map(|v| v.shim)];
+            for h in holders.into_iter().flatten() {
+                if let Some(w) = Watched::open(h.pid, h.start_time) {
+                    w.signal(Signal::TERM);
+                    let _ = tokio::time::timeout(Duration::from_secs(12), w.exited()).await;
+                }
             }
             provision::release(&self.host, &self.rec, &self.task_dir()).await;
             for h in self.health.drain() {

@@ -69,6 +69,9 @@ pub enum ShimError {
     /// The terminal of an exec could not be set up.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// The task's VM could not be reached.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
     /// A system call failed.
     #[error("container {id}: {op}: {source}")]
     Sys {
@@ -208,19 +211,10 @@ pub fn run(cfg: &ShimConfig, on_started: impl FnOnce(i32)) -> Result<ExitStatus,
             on_started(pid.as_raw());
             // Stop requests arrive as signals to the shim. Blocked only now: the container's
             // init was forked by build() and must not inherit the mask.
-            let mut mask = SigSet::empty();
-            mask.add(Signal::SIGTERM);
-            mask.add(Signal::SIGINT);
-            mask.thread_block().map_err(sys("block signals"))?;
-            let signals =
-                SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-                    .map_err(sys("signalfd"))?;
-            let stop = Stopper {
-                pid,
-                timeout: cfg.stop_timeout,
-                deadline: None,
-                signals,
-            };
+            let signals = stop_requests().map_err(sys("signalfd"))?;
+            let stop = Stopper::new(cfg.stop_timeout, signals, move |sig| {
+                let _ = kill(pid, sig);
+            });
             // The write ends went to the container: the pipes close when its processes are gone.
             pump(
                 &mut log,
@@ -251,32 +245,57 @@ pub fn run(cfg: &ShimConfig, on_started: impl FnOnce(i32)) -> Result<ExitStatus,
     Ok(status)
 }
 
-/// SIGTERM to the container on a stop request, SIGKILL once the timeout has passed.
-struct Stopper {
-    pid: Pid,
+/// Blocks SIGTERM and SIGINT, the stop requests to a shim, in this thread (and the threads it
+/// starts after), and returns a descriptor to read them from.
+pub(crate) fn stop_requests() -> nix::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+}
+
+/// SIGTERM to the container on a stop request, SIGKILL once the timeout has passed; `send`
+/// delivers a signal (to a local process, or through a VM's agent).
+pub(crate) struct Stopper {
+    send: Box<dyn FnMut(Signal)>,
     timeout: Duration,
     deadline: Option<Instant>,
-    signals: SignalFd,
+    /// SIGTERM and SIGINT to the shim: the stop requests.
+    pub(crate) signals: SignalFd,
 }
 
 impl Stopper {
+    pub(crate) fn new(
+        timeout: Duration,
+        signals: SignalFd,
+        send: impl FnMut(Signal) + 'static,
+    ) -> Self {
+        Self {
+            send: Box::new(send),
+            timeout,
+            deadline: None,
+            signals,
+        }
+    }
+
     /// A stop request arrived: ask the container to stop, once.
-    fn requested(&mut self) {
+    pub(crate) fn requested(&mut self) {
         while let Ok(Some(_)) = self.signals.read_signal() {}
         if self.deadline.is_none() {
-            let _ = kill(self.pid, Signal::SIGTERM);
+            (self.send)(Signal::SIGTERM);
             self.deadline = Some(Instant::now() + self.timeout);
         }
     }
 
     /// How long poll may sleep; kills the container when its time is up.
-    fn poll_timeout(&mut self) -> PollTimeout {
+    pub(crate) fn poll_timeout(&mut self) -> PollTimeout {
         let Some(deadline) = self.deadline else {
             return PollTimeout::NONE;
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let _ = kill(self.pid, Signal::SIGKILL);
+            (self.send)(Signal::SIGKILL);
             self.deadline = Some(Instant::now() + Duration::from_secs(3600));
             return PollTimeout::NONE;
         }
@@ -576,7 +595,7 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ShimError
     move |source| ShimError::Io { op, path, source }
 }
 
-fn write_exit(path: &Path, status: &ExitStatus) -> Result<(), ShimError> {
+pub(crate) fn write_exit(path: &Path, status: &ExitStatus) -> Result<(), ShimError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(&serde_json::to_vec(status).expect("exit status serializes"))

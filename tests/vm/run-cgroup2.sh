@@ -51,86 +51,21 @@ seccomp=/usr/share/containers/seccomp.json
 [ -f "$seccomp" ] || unavailable "$seccomp missing (golang-github-containers-common)"
 
 # --- the kernel: Debian's cloud flavour, extracted (never installed), cached -------------------
-kpkg() {
-  apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
-}
-pkg=$(kpkg || true)
-if [ -z "$pkg" ]; then
-  say "apt-get update (to find linux-image-cloud-amd64)"
-  apt-get update -qq >/dev/null 2>&1 || true
-  pkg=$(kpkg || true)
-fi
-if [ -z "$pkg" ]; then
-  # Offline: any kernel cached before will do.
-  pkg=$(find "$cache" -maxdepth 2 -name done -printf '%h\n' 2>/dev/null | sort | tail -1 | xargs -r basename)
-fi
-[ -n "$pkg" ] || unavailable "linux-image-cloud-amd64 is not known to apt and nothing is cached"
-kdir=$cache/$pkg
-if [ ! -f "$kdir/done" ]; then
-  say "fetching $pkg into $kdir"
-  mkdir -p "$cache"
-  (cd "$tmp" && apt-get download "$pkg" >/dev/null 2>&1) ||
-    unavailable "apt-get download $pkg failed"
-  rm -rf "$kdir.part"
-  dpkg -x "$tmp"/"$pkg"_*.deb "$kdir.part"
-  kver=$(ls "$kdir.part/lib/modules")
-  depmod -b "$kdir.part" "$kver"
-  rm -rf "$kdir"
-  mv "$kdir.part" "$kdir"
-  touch "$kdir/done"
-  rm -f "$tmp"/*.deb
-fi
-kver=$(ls "$kdir/lib/modules")
-vmlinuz=$kdir/boot/vmlinuz-$kver
+# shellcheck source=packaging/guest-kernel.sh
+. "$repo/packaging/guest-kernel.sh"
+guest_kernel "$cache" || unavailable "no guest kernel (above)"
+kver=$gk_ver
+vmlinuz=$gk_vmlinuz
 
 # --- the initramfs ------------------------------------------------------------------------------
 ir=$tmp/initramfs
 mkdir -p "$ir"/{bin,sbin,usr/bin,etc/skiff,proc,sys,dev,run,tmp,newroot,lib/modules}
 cp /bin/busybox "$ir/bin/busybox"
-# Skiff's binaries without their DWARF (the same code; a 10th of the size to boot and copy).
-for b in skiffd skiff skiff-shim; do
-  objcopy --strip-debug "$bin_dir/$b" "$ir/usr/bin/$b"
-done
-# Their shared libraries, at the paths ldd resolves (the loader included).
-for b in skiffd skiff skiff-shim; do
-  ldd "$bin_dir/$b" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
-done | sort -u | while read -r lib; do
-  mkdir -p "$ir$(dirname "$lib")"
-  cp -L "$lib" "$ir$lib"
-done
+for b in skiffd skiff skiff-shim; do guest_binary "$bin_dir/$b" "$ir" "/usr/bin/$b"; done
 mkdir -p "$ir/usr/share/containers"
 cp "$seccomp" "$ir/usr/share/containers/seccomp.json"
 
-# Modules in dependency order (deepest dependency first), as insmod needs them.
-mdir=$kdir/lib/modules/$kver
-declare -A seen=()
-order=()
-add_module() {
-  local path=$1 dep
-  [ -n "${seen[$path]:-}" ] && return
-  seen[$path]=1
-  for dep in $(awk -v m="$path:" '$1 == m { $1 = ""; print }' "$mdir/modules.dep"); do
-    add_module "$dep"
-  done
-  order+=("$path")
-}
-for m in "${modules[@]}"; do
-  path=$(awk -F: -v m="$m" '{ n = $1; sub(/.*\//, "", n); sub(/\.ko(\.[a-z]+)?$/, "", n);
-                             gsub(/-/, "_", n) } n == m { print $1; exit }' "$mdir/modules.dep")
-  [ -n "$path" ] || { say "module $m not in $mdir/modules.dep (built in?)"; continue; }
-  add_module "$path"
-done
-: > "$ir/lib/modules/load-order"
-for path in "${order[@]}"; do
-  name=$(basename "$path")
-  case $name in
-    *.ko.xz) xz -dc "$mdir/$path" > "$ir/lib/modules/${name%.xz}"; name=${name%.xz} ;;
-    *.ko.zst) zstd -qdc "$mdir/$path" > "$ir/lib/modules/${name%.zst}"; name=${name%.zst} ;;
-    *) cp "$mdir/$path" "$ir/lib/modules/$name" ;;
-  esac
-  echo "$name" >> "$ir/lib/modules/load-order"
-done
+guest_modules "$ir/lib/modules" "${modules[@]}"
 
 # An OCI image layout of a busybox image (one gzip layer), loaded in the VM with `skiff image load`.
 img=$tmp/image-root

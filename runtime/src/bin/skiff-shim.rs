@@ -2,7 +2,8 @@
 //! one (`exec`), and force-deletes what a dead shim left (`delete`); see `skiff_runtime::shim`.
 //! skiffd starts `run` in its own process group and reads one line from its stdout,
 //! `started <pid>`, once the container runs; the shim exits with the container, after recording
-//! the exit status. `exec` exits with the exec'd process's code.
+//! the exit status. `exec` exits with the exec'd process's code. `vm` owns a task's microVM
+//! and `vm-run` runs one container in it, with `run`'s contract (`skiff_runtime::vm`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use skiff_runtime::logs::Rotation;
 use skiff_runtime::shim::{ShimConfig, delete, exec, run};
+use skiff_runtime::vm;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +27,38 @@ struct Args {
     command: Cmd,
 }
 
+/// Where a container's output and exit go, and how it stops: shared by `run` and `vm-run`.
+#[derive(clap::Args)]
+struct Outputs {
+    /// File the exit status is written to.
+    #[arg(long)]
+    exit_file: PathBuf,
+    /// Directory of the container's json-file log.
+    #[arg(long)]
+    log_dir: PathBuf,
+    /// Rotate the log past this size (Docker's max-size: 10m, 512k).
+    #[arg(long, default_value = "10m")]
+    log_max_size: String,
+    /// Log files kept (Docker's max-file).
+    #[arg(long, default_value = "3")]
+    log_max_file: String,
+    /// Seconds between SIGTERM and SIGKILL when asked to stop (ECS stopTimeout).
+    #[arg(long, default_value = "30")]
+    stop_timeout: u64,
+}
+
+impl Outputs {
+    fn rotation(&self) -> Result<Rotation, std::process::ExitCode> {
+        Rotation::from_options(Some(&self.log_max_size), Some(&self.log_max_file)).ok_or_else(|| {
+            eprintln!(
+                "skiff-shim: error: invalid log rotation --log-max-size {:?} --log-max-file {:?}",
+                self.log_max_size, self.log_max_file
+            );
+            std::process::ExitCode::from(125)
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create, start and wait for a container; record its exit.
@@ -35,21 +69,8 @@ enum Cmd {
         /// OCI bundle directory (with config.json).
         #[arg(long)]
         bundle: PathBuf,
-        /// File the exit status is written to.
-        #[arg(long)]
-        exit_file: PathBuf,
-        /// Directory of the container's json-file log.
-        #[arg(long)]
-        log_dir: PathBuf,
-        /// Rotate the log past this size (Docker's max-size: 10m, 512k).
-        #[arg(long, default_value = "10m")]
-        log_max_size: String,
-        /// Log files kept (Docker's max-file).
-        #[arg(long, default_value = "3")]
-        log_max_file: String,
-        /// Seconds between SIGTERM and SIGKILL when asked to stop (ECS stopTimeout).
-        #[arg(long, default_value = "30")]
-        stop_timeout: u64,
+        #[command(flatten)]
+        out: Outputs,
     },
     /// Run a command inside a running container.
     Exec {
@@ -69,6 +90,45 @@ enum Cmd {
         #[arg(long)]
         id: String,
     },
+    /// Own a task's microVM for its life: start the VMM of DIR/spec.json, print
+    /// `ready <vmm pid>` once the guest agent answers, route the containers' requests.
+    Vm {
+        /// The VM's directory in its task's.
+        #[arg(long)]
+        dir: PathBuf,
+        /// cgroup.procs files of the task's cgroup to join before starting the VMM.
+        #[arg(long)]
+        cgroup_procs: Vec<PathBuf>,
+    },
+    /// Run a container's process in its task's VM (as `run` does a container); record its exit.
+    VmRun {
+        /// Container id (the process's id in the VM).
+        #[arg(long)]
+        id: String,
+        /// The VM's directory.
+        #[arg(long)]
+        vm_dir: PathBuf,
+        /// OCI bundle directory: its config.json has the process.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The serial of the disk with its root filesystem.
+        #[arg(long)]
+        disk: String,
+        /// The VMM's pid, reported as the container's.
+        #[arg(long)]
+        host_pid: i32,
+        #[command(flatten)]
+        out: Outputs,
+    },
+}
+
+/// Prints `<word> <pid>` on stdout for skiffd (which may be gone by now: what runs, runs).
+fn announce(word: &'static str) -> impl FnOnce(i32) {
+    move |pid| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{word} {pid}").and_then(|()| out.flush());
+    }
 }
 
 fn fail(e: &dyn std::error::Error) -> std::process::ExitCode {
@@ -97,21 +157,10 @@ fn main() -> std::process::ExitCode {
         .init();
     let a = Args::parse();
     match a.command {
-        Cmd::Run {
-            id,
-            bundle,
-            exit_file,
-            log_dir,
-            log_max_size,
-            log_max_file,
-            stop_timeout,
-        } => {
-            let Some(rotation) = Rotation::from_options(Some(&log_max_size), Some(&log_max_file))
-            else {
-                eprintln!(
-                    "skiff-shim: error: invalid log rotation --log-max-size {log_max_size:?} --log-max-file {log_max_file:?}"
-                );
-                return std::process::ExitCode::from(125);
+        Cmd::Run { id, bundle, out } => {
+            let rotation = match out.rotation() {
+                Ok(r) => r,
+                Err(code) => return code,
             };
             if let Err(e) = std::fs::create_dir_all(&a.state_root) {
                 return fail(&e);
@@ -120,18 +169,46 @@ fn main() -> std::process::ExitCode {
                 id,
                 bundle,
                 state_root: a.state_root,
-                exit_file,
-                log_dir,
+                exit_file: out.exit_file,
+                log_dir: out.log_dir,
                 rotation,
-                stop_timeout: Duration::from_secs(stop_timeout),
+                stop_timeout: Duration::from_secs(out.stop_timeout),
             };
-            let started = |pid: i32| {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                // skiffd may be gone by now; the container runs regardless.
-                let _ = writeln!(out, "started {pid}").and_then(|()| out.flush());
+            match run(&cfg, announce("started")) {
+                Ok(_) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::Vm { dir, cgroup_procs } => {
+            match vm::shim::serve(&vm::VmDir(dir), &cgroup_procs, announce("ready")) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::VmRun {
+            id,
+            vm_dir,
+            bundle,
+            disk,
+            host_pid,
+            out,
+        } => {
+            let rotation = match out.rotation() {
+                Ok(r) => r,
+                Err(code) => return code,
             };
-            match run(&cfg, started) {
+            let cfg = vm::shim::RunConfig {
+                id,
+                vm: vm::VmDir(vm_dir),
+                bundle,
+                disk,
+                host_pid,
+                exit_file: out.exit_file,
+                log_dir: out.log_dir,
+                rotation,
+                stop_timeout: Duration::from_secs(out.stop_timeout),
+            };
+            match vm::shim::run(&cfg, announce("started")) {
                 Ok(_) => std::process::ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }

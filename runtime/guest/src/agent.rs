@@ -1,0 +1,461 @@
+//! The guest agent: PID 1 of a task's microVM, started by the kernel from Skiff's initramfs.
+//!
+//! It mounts the kernel's filesystems, loads the virtio modules the distribution kernel keeps
+//! as modules (listed in load order in `/lib/modules/load-order` by the initramfs builder),
+//! finds its virtio-serial port by name, and says [`Message::Ready`]. Then it runs what the
+//! host asks: each process in its container's root filesystem (a virtio-blk disk, found by its
+//! serial and mounted on first use), in a mount namespace of its own with a private /dev and
+//! /proc, as the container's user, its stdout and stderr relayed as frames; it reaps every
+//! process (it is init), reports exits after their output, and powers the VM off on
+//! [`Message::Shutdown`] or when the host goes away.
+//!
+//! The process model is simpler than a container runtime's on purpose: the VM is the task's
+//! isolation boundary (as a Fargate task's VM is), so its containers are separated by mount
+//! namespaces and users, not by seccomp, capabilities or cgroups of their own; the task's
+//! limits are the VM's size. No PID namespace either: the agent must see, signal and reap
+//! every process.
+//!
+//! Threads: the main thread reads the host's frames; one reaper thread waits for every child
+//! (`waitpid(-1)`, which is right for init and wrong anywhere else); two reader threads per
+//! process relay its output. Frames go out through one locked writer, whole.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::kmod::{ModuleInitFlags, finit_module};
+use nix::mount::{MsFlags, mount};
+use nix::sys::reboot::{RebootMode, reboot};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Pid, sync};
+
+use crate::proto::{Frame, Message, PORT_NAME, Process, Stream, VERSION, read_frame, write_frame};
+use crate::sys::{Confinement, DEVICES, confine};
+
+/// Why the agent could not boot or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A boot step failed.
+    #[error("{op} {path}: {source}")]
+    Boot {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A device did not appear.
+    #[error("no {what} appeared within {secs} s")]
+    NoDevice {
+        /// Which.
+        what: String,
+        /// How long it was waited for.
+        secs: u64,
+    },
+    /// The host's stream failed.
+    #[error(transparent)]
+    Proto(#[from] crate::proto::ProtoError),
+}
+
+fn boot_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + use<> {
+    let path = path.to_owned();
+    move |source| AgentError::Boot { op, path, source }
+}
+
+/// How long devices may take to appear after their drivers load (they probe asynchronously).
+const DEVICE_WAIT: Duration = Duration::from_secs(20);
+
+/// Runs the agent as the VM's init; returns only to power off.
+pub fn run() -> Result<(), AgentError> {
+    mount_kernel_filesystems()?;
+    load_modules(Path::new("/lib/modules"))?;
+    let port = wait_for(PORT_NAME, || find_port(Path::new("/sys"), PORT_NAME))?;
+    let reader = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&port)
+        .map_err(boot_err("open", &port))?;
+    let writer = reader.try_clone().map_err(boot_err("open", &port))?;
+    let agent = Agent {
+        out: Arc::new(Mutex::new(writer)),
+        procs: Arc::new(Mutex::new(Procs::default())),
+        disks: HashMap::new(),
+    };
+    let reaper = agent.clone_shared();
+    std::thread::spawn(move || reaper.reap());
+    agent.send(&Frame::Message(Message::Ready {
+        version: VERSION,
+        uptime_ms: uptime_ms(),
+    }));
+    serve(agent, reader)
+}
+
+fn serve(mut agent: Agent, mut reader: File) -> Result<(), AgentError> {
+    loop {
+        match read_frame(&mut reader)? {
+            // The host closed its end: nothing will be asked any more.
+            None => return Ok(()),
+            Some(Frame::Message(Message::Shutdown)) => return Ok(()),
+            Some(Frame::Message(Message::Start(p))) => agent.start(p),
+            Some(Frame::Message(Message::Signal { id, signal })) => agent.signal(&id, signal),
+            Some(other) => eprintln!("skiff-agent: ignoring {other:?}"),
+        }
+    }
+}
+
+/// Kills every process, flushes the disks and powers off: QEMU (with `-no-reboot`) exits.
+pub fn power_off() -> ! {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    sync();
+    let _ = reboot(RebootMode::RB_POWER_OFF);
+    // PID 1 must never exit (the kernel would panic); power-off does not return.
+    loop {
+        std::thread::park();
+    }
+}
+
+fn mount_kernel_filesystems() -> Result<(), AgentError> {
+    for (fs, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
+        let target = Path::new(target);
+        std::fs::create_dir_all(target).map_err(boot_err("create", target))?;
+        match mount(Some(fs), target, Some(fs), MsFlags::empty(), None::<&str>) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => return Err(boot_err("mount", target)(e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// The modules named in `dir/load-order`, one file name a line, loaded in that order (each
+/// after its dependencies); one built into the kernel already is fine.
+pub fn load_modules(dir: &Path) -> Result<(), AgentError> {
+    let order = dir.join("load-order");
+    let list = match std::fs::read_to_string(&order) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(boot_err("read", &order)(e)),
+    };
+    for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = dir.join(name);
+        let file = File::open(&path).map_err(boot_err("open", &path))?;
+        match finit_module(&file, c"", ModuleInitFlags::empty()) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(boot_err("load module", &path)(e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// The device node of the virtio-serial port named `name`, if it exists yet.
+pub fn find_port(sys: &Path, name: &str) -> Option<PathBuf> {
+    find_in(&sys.join("class/virtio-ports"), "name", name)
+}
+
+/// The device node of the virtio-blk disk whose serial is `serial`, if it exists yet.
+pub fn find_disk(sys: &Path, serial: &str) -> Option<PathBuf> {
+    find_in(&sys.join("block"), "serial", serial)
+}
+
+/// `/dev/<entry>` for the entry of `class` whose `attr` file reads `value`.
+fn find_in(class: &Path, attr: &str, value: &str) -> Option<PathBuf> {
+    std::fs::read_dir(class).ok()?.flatten().find_map(|e| {
+        let v = std::fs::read_to_string(e.path().join(attr)).ok()?;
+        (v.trim() == value).then(|| Path::new("/dev").join(e.file_name()))
+    })
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> Option<PathBuf>) -> Result<PathBuf, AgentError> {
+    let deadline = Instant::now() + DEVICE_WAIT;
+    loop {
+        if let Some(p) = f().filter(|p| p.exists()) {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            return Err(AgentError::NoDevice {
+                what: what.to_owned(),
+                secs: DEVICE_WAIT.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn uptime_ms() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |s| (s * 1000.0) as u64)
+}
+
+/// The guest kernel's OOM kill count so far.
+fn oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A running process.
+#[derive(Debug)]
+struct Entry {
+    id: String,
+    /// One message per output stream at its end.
+    eof: Receiver<()>,
+    oom_before: u64,
+}
+
+#[derive(Debug, Default)]
+struct Procs {
+    by_pid: HashMap<i32, Entry>,
+    by_id: HashMap<String, i32>,
+}
+
+#[derive(Debug)]
+struct Agent {
+    out: Arc<Mutex<File>>,
+    procs: Arc<Mutex<Procs>>,
+    /// Mounted disks by serial.
+    disks: HashMap<String, PathBuf>,
+}
+
+impl Agent {
+    fn clone_shared(&self) -> Self {
+        Self {
+            out: self.out.clone(),
+            procs: self.procs.clone(),
+            disks: HashMap::new(),
+        }
+    }
+
+    fn send(&self, f: &Frame) {
+        let mut out = self.out.lock().expect("writer lock");
+        if let Err(e) = write_frame(&mut *out, f) {
+            eprintln!("skiff-agent: writing to the host: {e}");
+        }
+    }
+
+    fn start(&mut self, p: Process) {
+        let id = p.id.clone();
+        let msg = match self.spawn(p) {
+            Ok(pid) => Message::Started { id, pid },
+            Err(message) => Message::Failed { id, message },
+        };
+        self.send(&Frame::Message(msg));
+    }
+
+    /// The root of disk `serial`, mounted on first use.
+    fn root(&mut self, serial: &str) -> Result<PathBuf, String> {
+        if let Some(r) = self.disks.get(serial) {
+            return Ok(r.clone());
+        }
+        let dev = wait_for(&format!("disk {serial}"), || {
+            find_disk(Path::new("/sys"), serial)
+        })
+        .map_err(|e| e.to_string())?;
+        let root = Path::new("/run/disks").join(serial);
+        std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+        mount(
+            Some(&dev),
+            &root,
+            Some("ext4"),
+            MsFlags::MS_NOATIME,
+            Some("noinit_itable"),
+        )
+        .map_err(|e| format!("mounting {} ({serial}): {e}", dev.display()))?;
+        self.disks.insert(serial.to_owned(), root.clone());
+        Ok(root)
+    }
+
+    fn spawn(&mut self, p: Process) -> Result<i32, String> {
+        if p.args.is_empty() {
+            return Err("no command".into());
+        }
+        if self
+            .procs
+            .lock()
+            .expect("procs lock")
+            .by_id
+            .contains_key(&p.id)
+        {
+            return Err(format!("process {} exists already", p.id));
+        }
+        let root = self.root(&p.disk)?;
+        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string());
+        let confinement = Confinement {
+            root: cstr(&root)?,
+            dev: cstr(&root.join("dev"))?,
+            proc: cstr(&root.join("proc"))?,
+            devices: DEVICES
+                .iter()
+                .map(|(n, maj, min)| Ok((cstr(&root.join("dev").join(n))?, *maj, *min)))
+                .collect::<Result<_, String>>()?,
+            cwd: CString::new(p.cwd.as_bytes()).map_err(|e| e.to_string())?,
+            uid: p.uid,
+            gid: p.gid,
+            groups: p.additional_gids.clone(),
+        };
+        let mut cmd = Command::new(&p.args[0]);
+        cmd.args(&p.args[1..])
+            .env_clear()
+            .envs(p.env.iter().filter_map(|kv| kv.split_once('=')))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        confine(&mut cmd, confinement);
+        let oom_before = oom_kills();
+        // Held across the spawn: the reaper looks a pid up only under this lock, so it cannot
+        // miss a process that exits before it is recorded.
+        let mut procs = self.procs.lock().expect("procs lock");
+        let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", p.args[0]))?;
+        let pid = child.id() as i32;
+        let (tx, eof) = channel();
+        if let Some(o) = child.stdout.take() {
+            self.relay(&p.id, Stream::Stdout, o, tx.clone());
+        }
+        if let Some(e) = child.stderr.take() {
+            self.relay(&p.id, Stream::Stderr, e, tx);
+        }
+        procs.by_id.insert(p.id.clone(), pid);
+        procs.by_pid.insert(
+            pid,
+            Entry {
+                id: p.id,
+                eof,
+                oom_before,
+            },
+        );
+        Ok(pid)
+    }
+
+    fn relay(
+        &self,
+        id: &str,
+        stream: Stream,
+        mut from: impl Read + Send + 'static,
+        eof: Sender<()>,
+    ) {
+        let (me, id) = (self.clone_shared(), id.to_owned());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => me.send(&Frame::Output {
+                        id: id.clone(),
+                        stream,
+                        data: buf[..n].to_vec(),
+                    }),
+                }
+            }
+            let _ = eof.send(());
+        });
+    }
+
+    fn signal(&self, id: &str, signal: i32) {
+        let pid = self
+            .procs
+            .lock()
+            .expect("procs lock")
+            .by_id
+            .get(id)
+            .copied();
+        let (Some(pid), Ok(sig)) = (pid, Signal::try_from(signal)) else {
+            return;
+        };
+        // The process group first (the process leads its own session), else the process.
+        if kill(Pid::from_raw(-pid), sig).is_err() {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// Reaps every child for good (init inherits orphans too); reports those it started.
+    fn reap(self) {
+        loop {
+            let (pid, exit_code, signal) = match waitpid(None, None) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code, None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32, Some(sig as i32)),
+                Ok(_) => continue,
+                Err(Errno::ECHILD) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let entry = {
+                let mut procs = self.procs.lock().expect("procs lock");
+                let e = procs.by_pid.remove(&pid.as_raw());
+                if let Some(e) = &e {
+                    procs.by_id.remove(&e.id);
+                }
+                e
+            };
+            let Some(entry) = entry else { continue };
+            // Its output first: both streams to their end, unless a child it left behind
+            // holds them open.
+            for _ in 0..2 {
+                if entry.eof.recv_timeout(Duration::from_secs(1)).is_err() {
+                    break;
+                }
+            }
+            let oom_killed =
+                signal == Some(Signal::SIGKILL as i32) && oom_kills() > entry.oom_before;
+            self.send(&Frame::Message(Message::Exited {
+                id: entry.id,
+                exit_code,
+                signal,
+                oom_killed,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_disks_are_found_by_name_and_serial() {
+        let sys = tempfile::tempdir().unwrap();
+        let port = sys.path().join("class/virtio-ports/vport0p1");
+        std::fs::create_dir_all(&port).unwrap();
+        std::fs::write(port.join("name"), "skiff.agent\n").unwrap();
+        let other = sys.path().join("class/virtio-ports/vport0p2");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("name"), "something.else\n").unwrap();
+        for (dev, serial) in [("vda", "c0"), ("vdb", "c1")] {
+            let d = sys.path().join("block").join(dev);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("serial"), serial).unwrap();
+        }
+        assert_eq!(
+            find_port(sys.path(), PORT_NAME),
+            Some(PathBuf::from("/dev/vport0p1"))
+        );
+        assert_eq!(find_disk(sys.path(), "c1"), Some(PathBuf::from("/dev/vdb")));
+        assert_eq!(find_disk(sys.path(), "c2"), None);
+        assert_eq!(find_port(Path::new("/nonexistent"), PORT_NAME), None);
+    }
+
+    #[test]
+    fn modules_without_a_list_are_nothing_to_load() {
+        let dir = tempfile::tempdir().unwrap();
+        load_modules(dir.path()).unwrap();
+        std::fs::write(dir.path().join("load-order"), "missing.ko\n").unwrap();
+        let e = load_modules(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("missing.ko"), "{e}");
+    }
+}

@@ -1,0 +1,102 @@
+//! The agent's one unsafe call: confining a container process between fork and exec
+//! (docs/conventions.md: unsafe code lives in `sys` modules).
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use nix::unistd::{Gid, Uid, chdir, chroot, setgid, setgroups, setsid, setuid};
+
+/// Where and as whom a container process runs.
+#[derive(Debug)]
+pub struct Confinement {
+    /// Its root filesystem (a mounted disk).
+    pub root: CString,
+    /// `root/dev`, where a tmpfs with the standard devices is mounted.
+    pub dev: CString,
+    /// `root/proc`, where its procfs is mounted.
+    pub proc: CString,
+    /// `root/dev/<name>` of each standard device, with its major and minor.
+    pub devices: Vec<(CString, u64, u64)>,
+    /// Working directory inside the root.
+    pub cwd: CString,
+    /// User.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// The character devices a container gets in its /dev (as OCI runtimes create them).
+pub const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Makes `cmd`'s child, before it execs: the leader of a new session (so that a signal reaches
+/// its process group), in a mount namespace of its own where its root is `c.root` with a
+/// private /dev and /proc, in `c.cwd`, as `c.uid`/`c.gid`.
+pub fn confine(cmd: &mut Command, c: Confinement) {
+    let groups: Vec<Gid> = c.groups.iter().copied().map(Gid::from_raw).collect();
+    let run = move || -> nix::Result<()> {
+        setsid()?;
+        unshare(CloneFlags::CLONE_NEWNS)?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )?;
+        // An image without /dev or /proc has its process run without them, as a minimal
+        // container can.
+        if mount(
+            Some("tmpfs"),
+            c.dev.as_c_str(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=755"),
+        )
+        .is_ok()
+        {
+            for (path, major, minor) in &c.devices {
+                mknod(
+                    path.as_c_str(),
+                    SFlag::S_IFCHR,
+                    Mode::from_bits_truncate(0o666),
+                    makedev(*major, *minor),
+                )?;
+            }
+        }
+        let _ = mount(
+            Some("proc"),
+            c.proc.as_c_str(),
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        );
+        chroot(c.root.as_c_str())?;
+        chdir("/")?;
+        chdir(c.cwd.as_c_str())?;
+        setgroups(&groups)?;
+        setgid(Gid::from_raw(c.gid))?;
+        setuid(Uid::from_raw(c.uid))?;
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // work is sound: it makes system calls only, on values computed before the fork (the
+    // CStrings and the group list are built by the parent; nix passes CStr paths without
+    // allocating), and returns errors as values without panicking.
+    unsafe {
+        cmd.pre_exec(move || run().map_err(std::io::Error::from));
+    }
+}

@@ -1,0 +1,404 @@
+//! The host side of a task VM: `skiff-shim vm` ([`serve`]) owns the VMM for the task's life
+//! and routes frames between the guest agent and the per-container `skiff-shim vm-run`
+//! processes ([`run`]), which keep `skiff-shim run`'s contract with skiffd.
+//!
+//! `serve` puts itself in the task's cgroup (`<task>/.vmm`: the VMM's memory, the guest's
+//! included, counts against the task), listens on the agent socket before starting the VMM (so
+//! that nothing the guest says is lost), waits for the agent's `ready`, prints
+//! `ready <vmm pid>`, then forwards each client's `start` and `signal` to the agent and the
+//! agent's output and exits back to the client that started the process. SIGTERM powers the
+//! VM off (the agent's `shutdown`), SIGKILL'ing the VMM if it does not stop in time. The VMM
+//! dies with the shim (PR_SET_PDEATHSIG), and the shim ends when the VMM does: each `vm-run`
+//! then sees its socket close and records its container killed.
+//!
+//! Threads are fine here, unlike in `skiff-shim run`: nothing in this process clones with
+//! libcontainer.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use skiff_guest::proto::{Frame, Message, Process, Stream, read_frame, write_frame};
+
+use super::{Qemu, VmDir, VmError, VmSpec, Vmm, io};
+use crate::logs::{LogWriter, Rotation};
+use crate::shim::{ExitStatus, ShimError, Stopper, stop_requests, write_exit};
+
+/// How long a powered-off VM may take to exit before its VMM is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the VM described by `dir`'s spec until it ends or the shim is asked to stop.
+/// `cgroup_procs`: the `cgroup.procs` files to join first; `on_ready` gets the VMM's pid.
+pub fn serve(
+    dir: &VmDir,
+    cgroup_procs: &[PathBuf],
+    on_ready: impl FnOnce(i32),
+) -> Result<(), VmError> {
+    let spec_path = dir.spec();
+    let spec: VmSpec =
+        serde_json::from_slice(&std::fs::read(&spec_path).map_err(io("read", &spec_path))?)
+            .map_err(|e| io("parse", &spec_path)(std::io::Error::other(e)))?;
+    let me = std::process::id().to_string();
+    for p in cgroup_procs {
+        std::fs::write(p, &me).map_err(io("join cgroup", p))?;
+    }
+    let listen = |p: PathBuf| -> Result<UnixListener, VmError> {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &p)(e)),
+            _ => {}
+        }
+        UnixListener::bind(&p).map_err(io("listen on", &p))
+    };
+    let agent_listener = listen(dir.agent_socket())?;
+    let control = listen(dir.control_socket())?;
+    // Blocked before any thread starts, so that stop requests reach the signalfd only.
+    let signals = stop_requests().map_err(|e| io("block signals in", &dir.0)(e.into()))?;
+    let log = dir.0.join("vmm.log");
+    let mut cmd = Qemu.command(&spec, dir);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).map_err(io("create", &log))?);
+    crate::sys::die_with_parent(&mut cmd);
+    let mut vmm = cmd
+        .spawn()
+        .map_err(|e| VmError::Boot(format!("starting {}: {e}", spec.vmm.display())))?;
+    let deadline = Instant::now() + Duration::from_millis(spec.boot_timeout_ms);
+    let booted = accept_ready(&agent_listener, &mut vmm, deadline);
+    let agent = match booted {
+        Ok(a) => a,
+        Err(why) => {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            let tail = |p: PathBuf| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().rev().take(3).collect();
+                lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            };
+            return Err(VmError::Boot(format!(
+                "{why} (vmm: {}; console: {})",
+                tail(log),
+                tail(dir.console_log())
+            )));
+        }
+    };
+    on_ready(vmm.id() as i32);
+
+    let to_agent = Arc::new(Mutex::new(
+        agent
+            .try_clone()
+            .map_err(io("clone", &dir.agent_socket()))?,
+    ));
+    let routes: Arc<Mutex<HashMap<String, UnixStream>>> = Arc::default();
+    {
+        let routes = routes.clone();
+        std::thread::spawn(move || from_agent(agent, &routes));
+    }
+    {
+        let (routes, to_agent) = (routes.clone(), to_agent.clone());
+        std::thread::spawn(move || {
+            for conn in control.incoming().flatten() {
+                let (routes, to_agent) = (routes.clone(), to_agent.clone());
+                std::thread::spawn(move || from_client(conn, &routes, &to_agent));
+            }
+        });
+    }
+
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&vmm),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .map_err(|e| io("watch the VMM of", &dir.0)(e.into()))?;
+    let mut stop_at: Option<Instant> = None;
+    loop {
+        let timeout = stop_at.map_or(PollTimeout::NONE, |t| {
+            let ms = t.saturating_duration_since(Instant::now()).as_millis() + 1;
+            PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX)
+        });
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(io("wait for the VMM of", &dir.0)(e.into())),
+            Ok(_) => {}
+        }
+        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        if ready(1) {
+            break;
+        }
+        if ready(0) {
+            while let Ok(Some(_)) = signals.read_signal() {}
+            if stop_at.is_none() {
+                let mut a = to_agent.lock().expect("agent lock");
+                let _ = write_frame(&mut *a, &Frame::Message(Message::Shutdown));
+                stop_at = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
+        } else if stop_at.is_some_and(|t| Instant::now() >= t) {
+            let _ = vmm.kill();
+            stop_at = Some(Instant::now() + SHUTDOWN_GRACE);
+        }
+    }
+    let _ = vmm.wait();
+    Ok(())
+}
+
+/// Accepts the VMM's connection to the agent port and reads the agent's `ready`, by `deadline`,
+/// unless the VMM exits first.
+fn accept_ready(
+    listener: &UnixListener,
+    vmm: &mut std::process::Child,
+    deadline: Instant,
+) -> Result<UnixStream, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("agent socket: {e}"))?;
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("agent socket: {e}")),
+        }
+        if let Ok(Some(st)) = vmm.try_wait() {
+            return Err(format!("the VMM exited ({st}) before connecting"));
+        }
+        if Instant::now() > deadline {
+            return Err("the VMM did not connect to the agent socket".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| format!("agent socket: {e}"))?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(|e| format!("agent socket: {e}"))?;
+    let mut r = &stream;
+    match read_frame(&mut r) {
+        Ok(Some(Frame::Message(Message::Ready { version, .. })))
+            if version == skiff_guest::proto::VERSION =>
+        {
+            stream
+                .set_read_timeout(None)
+                .map_err(|e| format!("agent socket: {e}"))?;
+            Ok(stream)
+        }
+        Ok(Some(Frame::Message(Message::Ready { version, .. }))) => Err(format!(
+            "the guest agent speaks protocol {version}, this host {} (rebuild the initrd)",
+            skiff_guest::proto::VERSION
+        )),
+        Ok(other) => Err(format!("the guest agent said {other:?} instead of ready")),
+        Err(e) => match vmm.try_wait() {
+            Ok(Some(st)) => Err(format!("the VMM exited ({st}) during boot")),
+            _ => Err(format!(
+                "no word from the guest agent within the boot timeout ({e})"
+            )),
+        },
+    }
+}
+
+/// The agent's frames, to the client that started each process.
+fn from_agent(mut agent: UnixStream, routes: &Mutex<HashMap<String, UnixStream>>) {
+    while let Ok(Some(frame)) = read_frame(&mut agent) {
+        let Some(id) = frame.id().map(str::to_owned) else {
+            continue;
+        };
+        let done = matches!(
+            frame,
+            Frame::Message(Message::Exited { .. } | Message::Failed { .. })
+        );
+        let mut routes = routes.lock().expect("routes lock");
+        if let Some(client) = routes.get_mut(&id)
+            && (write_frame(client, &frame).is_err() || done)
+        {
+            routes.remove(&id);
+        }
+    }
+}
+
+/// A client's `start` and `signal` requests, to the agent.
+fn from_client(
+    mut conn: UnixStream,
+    routes: &Mutex<HashMap<String, UnixStream>>,
+    to_agent: &Mutex<UnixStream>,
+) {
+    while let Ok(Some(frame)) = read_frame(&mut conn) {
+        match &frame {
+            Frame::Message(Message::Start(p)) => {
+                let Ok(reply) = conn.try_clone() else { return };
+                routes
+                    .lock()
+                    .expect("routes lock")
+                    .insert(p.id.clone(), reply);
+            }
+            Frame::Message(Message::Signal { .. }) => {}
+            _ => continue,
+        }
+        let mut a = to_agent.lock().expect("agent lock");
+        if write_frame(&mut *a, &frame).is_err() {
+            return;
+        }
+    }
+}
+
+/// What `skiff-shim vm-run` runs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The container's runtime id (the process's id in the VM).
+    pub id: String,
+    /// The task's VM.
+    pub vm: VmDir,
+    /// The container's bundle: its `config.json` has the process to run.
+    pub bundle: PathBuf,
+    /// The serial of its root filesystem's disk.
+    pub disk: String,
+    /// The VMM's pid, reported as the container's (it is what runs the container on the host).
+    pub host_pid: i32,
+    /// Where the exit status goes.
+    pub exit_file: PathBuf,
+    /// The json-file log's directory.
+    pub log_dir: PathBuf,
+    /// Its rotation.
+    pub rotation: Rotation,
+    /// SIGTERM, then SIGKILL this long after.
+    pub stop_timeout: Duration,
+}
+
+/// Starts the container's process in the VM, relays its output into its log and stop requests
+/// to it, and records how it ended. `on_started` gets the pid to report.
+pub fn run(cfg: &RunConfig, on_started: impl FnOnce(i32)) -> Result<ExitStatus, ShimError> {
+    let process = process_of(cfg)?;
+    let sock_path = cfg.vm.control_socket();
+    let vm_err = |op: &'static str| {
+        let p = sock_path.clone();
+        move |source: std::io::Error| {
+            ShimError::Vm(VmError::Io {
+                op,
+                path: p,
+                source,
+            })
+        }
+    };
+    let mut sock = UnixStream::connect(&sock_path).map_err(vm_err("connect to"))?;
+    let mut log = LogWriter::open(&cfg.log_dir, cfg.rotation)?;
+    write_frame(&mut sock, &Frame::Message(Message::Start(process))).map_err(vm_err("write to"))?;
+    match read_frame(&mut sock) {
+        Ok(Some(Frame::Message(Message::Started { .. }))) => {}
+        Ok(Some(Frame::Message(Message::Failed { message, .. }))) => {
+            return Err(ShimError::Container {
+                id: cfg.id.clone(),
+                op: "start in the VM",
+                message,
+            });
+        }
+        other => {
+            return Err(ShimError::Container {
+                id: cfg.id.clone(),
+                op: "start in the VM",
+                message: format!("the VM answered {other:?}"),
+            });
+        }
+    }
+    on_started(cfg.host_pid);
+    let signals = stop_requests().map_err(|e| vm_err("block signals for")(e.into()))?;
+    let mut requests = sock.try_clone().map_err(vm_err("clone"))?;
+    let id = cfg.id.clone();
+    let mut stop = Stopper::new(cfg.stop_timeout, signals, move |sig: Signal| {
+        let msg = Message::Signal {
+            id: id.clone(),
+            signal: sig as i32,
+        };
+        let _ = write_frame(&mut requests, &Frame::Message(msg));
+    });
+    let status = loop {
+        let timeout = stop.poll_timeout();
+        let mut fds = [
+            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(vm_err("wait on")(e.into())),
+            Ok(_) => {}
+        }
+        let (data, req) = (
+            fds[0].revents().is_some_and(|r| !r.is_empty()),
+            fds[1].revents().is_some_and(|r| !r.is_empty()),
+        );
+        if req {
+            stop.requested();
+        }
+        if !data {
+            continue;
+        }
+        match read_frame(&mut sock) {
+            Ok(Some(Frame::Output { stream, data, .. })) => {
+                let s = match stream {
+                    Stream::Stdout => crate::logs::Stream::Stdout,
+                    Stream::Stderr => crate::logs::Stream::Stderr,
+                };
+                if let Err(e) = log.write(s, &data) {
+                    eprintln!("skiff-shim: {e}");
+                }
+            }
+            Ok(Some(Frame::Message(Message::Exited {
+                exit_code,
+                signal,
+                oom_killed,
+                ..
+            }))) => {
+                break ExitStatus {
+                    exit_code,
+                    signal,
+                    oom_killed,
+                };
+            }
+            Ok(Some(_)) => {}
+            // The VM is gone (powered off, or its VMM killed): the process with it.
+            Ok(None) | Err(_) => {
+                eprintln!("skiff-shim: the VM stopped while container {} ran", cfg.id);
+                break ExitStatus {
+                    exit_code: 128 + Signal::SIGKILL as i32,
+                    signal: Some(Signal::SIGKILL as i32),
+                    oom_killed: false,
+                };
+            }
+        }
+    };
+    log.flush()?;
+    write_exit(&cfg.exit_file, &status)?;
+    let _ = std::io::stderr().flush();
+    Ok(status)
+}
+
+/// The container's process from its bundle, as the agent runs it.
+fn process_of(cfg: &RunConfig) -> Result<Process, ShimError> {
+    let config = cfg.bundle.join("config.json");
+    let bad = |message: String| ShimError::Container {
+        id: cfg.id.clone(),
+        op: "read the spec",
+        message,
+    };
+    let spec = oci_spec::runtime::Spec::load(&config).map_err(|e| bad(e.to_string()))?;
+    let p = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| bad(format!("{} has no process", config.display())))?;
+    Ok(Process {
+        id: cfg.id.clone(),
+        disk: cfg.disk.clone(),
+        args: p.args().clone().unwrap_or_default(),
+        env: p.env().clone().unwrap_or_default(),
+        cwd: p.cwd().display().to_string(),
+        uid: p.user().uid(),
+        gid: p.user().gid(),
+        additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+    })
+}

@@ -1,0 +1,219 @@
+//! MicroVM tasks end to end: a task whose `requiresCompatibilities` has FARGATE runs in a VM of
+//! its own, booted by skiffd through `skiff-shim vm` with QEMU's microvm machine, the guest
+//! being Debian's cloud kernel and an initramfs made by packaging/vm-assets.sh around the
+//! workspace's skiff-agent. Under TCG here: this machine's /dev/kvm is a nested hypervisor
+//! that stock guest kernels do not boot on (shared/STACK.md); the accelerator is a setting.
+//!
+//! What proves the VM: the containers see the guest kernel's release and a boot id that is
+//! not the host's, the same for both containers of one task.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use skiff_tests::{BUSYBOX, Skiffd, privileged, workspace_bin};
+
+/// The kernel and initramfs, made once per test process.
+fn assets() -> &'static (PathBuf, PathBuf, tempfile::TempDir) {
+    static ASSETS: std::sync::OnceLock<(PathBuf, PathBuf, tempfile::TempDir)> =
+        std::sync::OnceLock::new();
+    ASSETS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/vm-assets.sh");
+        let out = Command::new(&script)
+            .arg("--agent")
+            .arg(workspace_bin("skiff-agent"))
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "vm-assets.sh: {out:?}");
+        (
+            dir.path().join("vmlinuz"),
+            dir.path().join("initrd.img"),
+            dir,
+        )
+    })
+}
+
+fn vm_node() -> Skiffd {
+    let (kernel, initrd, _) = assets();
+    Skiffd::start(&format!(
+        "[vm]\nkernel = {kernel:?}\ninitrd = {initrd:?}\naccel = \"tcg\"\nboot_timeout = \"120s\"\n"
+    ))
+}
+
+/// A FARGATE task definition of `containers` (JSON objects' contents, image BUSYBOX added).
+fn fargate(memory: u32, containers: &[&str]) -> String {
+    let cs: Vec<String> = containers
+        .iter()
+        .map(|c| format!(r#"{{"image":"{BUSYBOX}",{c}}}"#))
+        .collect();
+    format!(
+        r#"{{"family":"vm","requiresCompatibilities":["FARGATE"],"networkMode":"none","cpu":"1024","memory":"{memory}","containerDefinitions":[{}]}}"#,
+        cs.join(",")
+    )
+}
+
+/// `skiff logs`: stdout lines on its stdout, stderr lines on its stderr, as `docker logs`.
+fn logs(n: &Skiffd, id: &str, container: &str) -> (String, String) {
+    let out = n.cmd(&["logs", id, container]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// No VMM of this node left running.
+fn vmms(n: &Skiffd) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-af", "qemu-system"])
+        .output()
+        .unwrap();
+    let root = n.root.display().to_string();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&root))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn fargate_tasks_run_in_a_microvm_of_their_own() {
+    if !privileged("fargate_tasks_run_in_a_microvm_of_their_own") {
+        return;
+    }
+    let mut n = vm_node();
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let host_release =
+        String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+
+    // One container: output and exit code, in the guest kernel.
+    let id = n.run_def(
+        &fargate(
+            256,
+            &[
+                r#""name":"app","command":["sh","-c","echo hi; uname -r; cat /proc/sys/kernel/random/boot_id; echo oops >&2; exit 7"]"#,
+            ],
+        ),
+        true,
+    );
+    let rec = n.wait_stopped(&id);
+    let app = Skiffd::container(&rec, "app");
+    assert_eq!(app["exitCode"], 7, "{rec:#}");
+    let (out, err) = logs(&n, &id, "app");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"hi"), "{out}");
+    assert!(
+        lines[1].ends_with("-cloud-amd64") || lines[1].ends_with("-cloud-arm64"),
+        "{out}"
+    );
+    assert_ne!(
+        lines[1],
+        host_release.trim(),
+        "the guest's kernel, not the host's"
+    );
+    assert_ne!(lines[2], host_boot.trim(), "{out}");
+    assert_eq!(err.trim(), "oops", "stderr is logged too");
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+
+    // Two containers in one VM, one after the other (dependsOn COMPLETE): the same kernel
+    // boot; stop with stopTimeout reaches the one that traps SIGTERM.
+    let id = n.run_def(
+        &fargate(
+            256,
+            &[
+                r#""name":"first","essential":false,"command":["sh","-c","cat /proc/sys/kernel/random/boot_id"]"#,
+                r#""name":"svc","stopTimeout":5,"dependsOn":[{"containerName":"first","condition":"COMPLETE"}],"command":["sh","-c","cat /proc/sys/kernel/random/boot_id; trap 'echo got TERM; exit 3' TERM; while true; do sleep 0.2; done"]"#,
+            ],
+        ),
+        true,
+    );
+    n.wait_for(&id, 180, |r| {
+        Skiffd::container(r, "svc")["lastStatus"] == "RUNNING"
+    });
+    // Up: skiffd is killed and restarted; the VM and its containers carry on and are adopted.
+    n.kill9();
+    n.spawn();
+    let rec = n.describe(&id);
+    assert_eq!(rec["lastStatus"], "RUNNING", "{rec:#}");
+    n.ok(&["task", "stop", &id]);
+    let rec = n.wait_stopped(&id);
+    assert_eq!(Skiffd::container(&rec, "svc")["exitCode"], 3, "{rec:#}");
+    let (a, b) = (logs(&n, &id, "first").0, logs(&n, &id, "svc").0);
+    assert_eq!(a.lines().next(), b.lines().next(), "one VM: {a} / {b}");
+    assert!(b.contains("got TERM"), "{b}");
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+
+    // What a VM cannot do here is refused at once, naming why, leaving nothing.
+    let bridge =
+        fargate(256, &[r#""name":"a","command":["true"]"#]).replace("\"none\"", "\"bridge\"");
+    let file = n.dir.path().join("bridge.json");
+    std::fs::write(&file, bridge).unwrap();
+    let out = n
+        .cmd(&["task", "run", "-f", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("networkMode bridge"),
+        "{err}"
+    );
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn a_microvm_task_has_the_memory_of_its_size() {
+    if !privileged("a_microvm_task_has_the_memory_of_its_size") {
+        return;
+    }
+    let n = vm_node();
+    // The VM's size is the task's memory: the guest has that much, and no more can be had.
+    let id = n.run_def(
+        &fargate(
+            160,
+            &[r#""name":"hog","command":["sh","-c","grep MemTotal /proc/meminfo; busybox dd if=/dev/zero of=/dev/null bs=400M count=1"]"#],
+        ),
+        true,
+    );
+    let rec = n.wait_stopped(&id);
+    let (out, err) = logs(&n, &id, "hog");
+    let kib: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        (100 << 10..=160 << 10).contains(&kib),
+        "MemTotal {kib} kB of a 160 MiB task"
+    );
+    assert_ne!(
+        Skiffd::container(&rec, "hog")["exitCode"],
+        0,
+        "{rec:#} {err}"
+    );
+    assert!(err.contains("memory"), "{err}");
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn a_node_without_vm_support_refuses_fargate_tasks() {
+    if !privileged("a_node_without_vm_support_refuses_fargate_tasks") {
+        return;
+    }
+    let n = Skiffd::start("");
+    let file = n.dir.path().join("vm.json");
+    std::fs::write(&file, fargate(256, &[r#""name":"a","command":["true"]"#])).unwrap();
+    let out = n
+        .cmd(&["task", "run", "-f", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("FARGATE") && err.contains("[vm]"),
+        "the reason is named: {err}"
+    );
+}
