@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds the .deb packages for amd64 and arm64 and checks them without touching the machine:
-# contents, control fields and conffiles (dpkg-deb); the amd64 binaries run from the extracted
-# package; the maintainer scripts run in a private mount namespace (a throw-away /etc/passwd,
-# /etc/skiff, /var/lib/skiff*: no systemd there, as on this machine); the arm64 binaries run
-# under qemu-user (Debian's qemu-user-static) doing real work: apid's SQLite store and key
-# (aws-lc) with `skiff-apid keys create`, the image store with `skiff image load` and `ls`.
-# Containers cannot run under qemu-user: arm64 tasks need an arm64 box or VM.
+# Builds the .deb packages for amd64 and arm64 and checks them: contents, control fields and
+# conffiles (dpkg-deb); the amd64 binaries run from the extracted package; the arm64 binaries
+# run under qemu-user (Debian's qemu-user-static) doing real work: apid's SQLite store and key
+# (aws-lc) with `skiff-apid keys create`, the image store with `skiff image load` and `ls` (of
+# the amd64 sample image: an arm64 image would need an arm64 busybox); containers cannot run
+# under qemu-user: arm64 tasks need an arm64 box or VM. Then both packages are installed for
+# real and skiff upgraded in place with a task running, in private namespaces over overlays
+# (below): nothing on the machine changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/skiff/target}"
@@ -51,7 +52,7 @@ smoke() {
     || fail "$arch skiff-apid keys create"
   $run "$root/usr/bin/skiff-apid" --config "$d/apid.toml" keys list | grep -q AKIA || fail "$arch skiff-apid keys list"
   : > "$d/images.toml"
-  $run "$root/usr/bin/skiff" image load --name local/sample "$work/layout" --root "$d/store" --config "$d/images.toml" >/dev/null \
+  $run "$root/usr/bin/skiff" image load --platform linux/amd64 --name local/sample "$work/layout" --root "$d/store" --config "$d/images.toml" >/dev/null \
     || fail "$arch skiff image load"
   $run "$root/usr/bin/skiff" image ls --root "$d/store" --config "$d/images.toml" | grep -q local/sample || fail "$arch skiff image ls"
   echo "$arch binaries: skiffd, skiff (image load, ls) and skiff-apid (SQLite store, keys) work"

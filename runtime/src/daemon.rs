@@ -99,32 +99,7 @@ struct TaskHandle {
     tx: mpsc::UnboundedSender<Event>,
 }
 
-/// Where `skiff exec` runs a command.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExecTarget {
-    /// libcontainer's state root.
-    pub state_root: PathBuf,
-    /// The container's runtime id.
-    pub runtime_id: String,
-    /// The shim binary.
-    pub shim: PathBuf,
-}
-
-impl ExecTarget {
-    /// The shim's exec of `command` in the container, with a terminal when `tty`.
-    pub fn command(&self, tty: bool, command: &[String]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(&self.shim);
-        cmd.arg("--state-root")
-            .arg(&self.state_root)
-            .args(["exec", "--id", &self.runtime_id]);
-        if tty {
-            cmd.arg("--tty");
-        }
-        cmd.arg("--").args(command);
-        cmd
-    }
-}
+pub use crate::provision::ExecTarget;
 
 /// The node's task service.
 #[derive(Clone)]
@@ -733,11 +708,9 @@ impl Daemon {
                 container: c.name,
             });
         }
-        Ok(ExecTarget {
-            state_root: self.host.state_root.clone(),
-            runtime_id: c.runtime_id,
-            shim: self.host.shim.clone(),
-        })
+        Ok(self
+            .host
+            .exec_target(&rec, &c.name, &self.records.task_dir(&rec.task_id)))
     }
 }
 

@@ -154,6 +154,71 @@ impl Host {
     }
 }
 
+/// Where `skiff exec` (and a health check) runs a command: a container's shim invocation.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecTarget {
+    /// libcontainer's state root.
+    pub state_root: PathBuf,
+    /// The container's runtime id.
+    pub runtime_id: String,
+    /// The shim binary.
+    pub shim: PathBuf,
+    /// When the container runs in its task's microVM: the VM's directory, the container's
+    /// disk and its bundle (whose process settings the command runs with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<(PathBuf, String, PathBuf)>,
+}
+
+impl ExecTarget {
+    /// The shim's exec of `command` in the container, with a terminal when `tty`.
+    pub fn command(&self, tty: bool, command: &[String]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.shim);
+        cmd.arg("--state-root").arg(&self.state_root);
+        match &self.vm {
+            None => cmd.args(["exec", "--id", &self.runtime_id]),
+            Some((dir, disk, bundle)) => cmd
+                .args(["vm-exec", "--id", &self.runtime_id, "--disk", disk])
+                .arg("--vm-dir")
+                .arg(dir)
+                .arg("--bundle")
+                .arg(bundle),
+        };
+        if tty {
+            cmd.arg("--tty");
+        }
+        cmd.arg("--").args(command);
+        cmd
+    }
+}
+
+impl Host {
+    /// How to exec in container `name` of task `rec`, whose directory is `task_dir`.
+    pub fn exec_target(&self, rec: &TaskRecord, name: &str, task_dir: &Path) -> ExecTarget {
+        ExecTarget {
+            state_root: self.state_root.clone(),
+            runtime_id: rec
+                .container(name)
+                .map(|c| c.runtime_id.clone())
+                .unwrap_or_default(),
+            shim: self.shim.clone(),
+            vm: in_vm(rec, name, task_dir)
+                .map(|v| (v.dir.0, v.disk, ContainerFiles::new(task_dir, name).bundle)),
+        }
+    }
+}
+
+/// Where container `name` of a microVM task runs, once its VM is up.
+pub fn in_vm(rec: &TaskRecord, name: &str, task_dir: &Path) -> Option<InVm> {
+    let v = rec.vm?;
+    let index = rec.containers.iter().position(|c| c.name == name)?;
+    Some(InVm {
+        dir: VmDir::of(task_dir),
+        vmm_pid: v.vmm_pid,
+        disk: vm::disk_serial(index),
+    })
+}
+
 /// Where a container's files live in its task's directory.
 #[derive(Clone, Debug)]
 pub struct ContainerFiles {

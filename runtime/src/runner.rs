@@ -29,7 +29,6 @@ use crate::provision::{self, ContainerFiles, Host};
 use crate::record::{ContainerStatus, Records, TaskRecord, epoch_seconds, now};
 use crate::shim::ExitStatus;
 use crate::taskdef::ContainerDefinition;
-use crate::vm::{self, VmDir};
 
 /// What happens to a task.
 #[derive(Debug)]
@@ -209,10 +208,9 @@ impl Runner {
         });
         if let Some(check) = self.definition(name).health_check {
             let settings = HealthSettings::from_def(&check);
-            let runtime_id = self.rec.container(name).map(|c| c.runtime_id.clone());
+            let target = self.host.exec_target(&self.rec, name, &self.task_dir());
             let checker = tokio::spawn(health_checks(
-                self.host.clone(),
-                runtime_id.unwrap_or_default(),
+                target,
                 settings.clone(),
                 name.to_owned(),
                 run,
@@ -301,17 +299,7 @@ impl Runner {
         let def = self.definition(name);
         let runtime_id = self.rec.container(name).expect("record").runtime_id.clone();
         let files = ContainerFiles::new(&self.task_dir(), name);
-        let vm = self.rec.vm.map(|v| provision::InVm {
-            dir: VmDir::of(&self.task_dir()),
-            vmm_pid: v.vmm_pid,
-            disk: vm::disk_serial(
-                self.rec
-                    .containers
-                    .iter()
-                    .position(|c| c.name == name)
-                    .expect("a record per container"),
-            ),
-        });
+        let vm = provision::in_vm(&self.rec, name, &self.task_dir());
         let (shim, pid) = provision::start(&self.host, &def, &runtime_id, &files, vm.as_ref())
             .await
             .map_err(|e| e.to_string())?;
@@ -561,10 +549,9 @@ impl Runner {
     }
 }
 
-/// Runs container `runtime_id`'s health check every interval and reports each outcome.
+/// Runs a container's health check (in `target`) every interval and reports each outcome.
 async fn health_checks(
-    host: Arc<Host>,
-    runtime_id: String,
+    target: provision::ExecTarget,
     settings: HealthSettings,
     name: String,
     run: u32,
@@ -572,10 +559,9 @@ async fn health_checks(
 ) {
     loop {
         tokio::time::sleep(settings.interval).await;
-        let child = host
-            .shim_command("exec", &runtime_id)
-            .arg("--")
-            .args(&settings.argv)
+        let mut cmd = tokio::process::Command::from(target.command(false, &settings.argv));
+        let child = cmd
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

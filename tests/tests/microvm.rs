@@ -10,7 +10,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use skiff_tests::{BUSYBOX, Skiffd, privileged, workspace_bin};
+use skiff_tests::ecs::until;
+use skiff_tests::{Apid, BUSYBOX, ControlNet, Skiffd, privileged, workspace_bin};
 
 /// The kernel and initramfs, made once per test process.
 fn assets() -> &'static (PathBuf, PathBuf, tempfile::TempDir) {
@@ -35,11 +36,16 @@ fn assets() -> &'static (PathBuf, PathBuf, tempfile::TempDir) {
     })
 }
 
-fn vm_node() -> Skiffd {
+/// `[vm]` for a node of these tests.
+fn vm_config() -> String {
     let (kernel, initrd, _) = assets();
-    Skiffd::start(&format!(
+    format!(
         "[vm]\nkernel = {kernel:?}\ninitrd = {initrd:?}\naccel = \"tcg\"\nboot_timeout = \"120s\"\n"
-    ))
+    )
+}
+
+fn vm_node() -> Skiffd {
+    Skiffd::start(&vm_config())
 }
 
 /// A FARGATE task definition of `containers` (JSON objects' contents, image BUSYBOX added).
@@ -49,7 +55,7 @@ fn fargate(memory: u32, containers: &[&str]) -> String {
         .map(|c| format!(r#"{{"image":"{BUSYBOX}",{c}}}"#))
         .collect();
     format!(
-        r#"{{"family":"vm","requiresCompatibilities":["FARGATE"],"networkMode":"none","cpu":"1024","memory":"{memory}","containerDefinitions":[{}]}}"#,
+        r#"{{"family":"vm","requiresCompatibilities":["FARGATE"],"networkMode":"none","cpu":"256","memory":"{memory}","containerDefinitions":[{}]}}"#,
         cs.join(",")
     )
 }
@@ -125,14 +131,30 @@ fn fargate_tasks_run_in_a_microvm_of_their_own() {
             256,
             &[
                 r#""name":"first","essential":false,"command":["sh","-c","cat /proc/sys/kernel/random/boot_id"]"#,
-                r#""name":"svc","stopTimeout":5,"dependsOn":[{"containerName":"first","condition":"COMPLETE"}],"command":["sh","-c","cat /proc/sys/kernel/random/boot_id; trap 'echo got TERM; exit 3' TERM; while true; do sleep 0.2; done"]"#,
+                r#""name":"svc","stopTimeout":5,"dependsOn":[{"containerName":"first","condition":"COMPLETE"}],"healthCheck":{"command":["CMD-SHELL","test -e /proc/uptime"],"interval":5,"timeout":30,"startPeriod":0},"command":["sh","-c","cat /proc/sys/kernel/random/boot_id; trap 'echo got TERM; exit 3' TERM; while true; do sleep 0.2; done"]"#,
             ],
         ),
         true,
     );
+    // Health checks and exec run in the VM, as the container's user, with its exit code.
     n.wait_for(&id, 180, |r| {
-        Skiffd::container(r, "svc")["lastStatus"] == "RUNNING"
+        Skiffd::container(r, "svc")["healthStatus"] == "HEALTHY"
     });
+    let boot = logs(&n, &id, "first").0;
+    let exec = n
+        .cmd(&[
+            "exec",
+            &id,
+            "svc",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/random/boot_id; id -u; exit 4",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(exec.status.code(), Some(4), "{exec:?}");
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), format!("{boot}0\n"));
     // Up: skiffd is killed and restarted; the VM and its containers carry on and are adopted.
     n.kill9();
     n.spawn();
@@ -199,6 +221,36 @@ fn a_microvm_task_has_the_memory_of_its_size() {
 }
 
 #[test]
+fn twenty_microvm_tasks_leave_nothing_behind() {
+    if !privileged("twenty_microvm_tasks_leave_nothing_behind") {
+        return;
+    }
+    let n = vm_node();
+    let def = fargate(
+        160,
+        &[r#""name":"a","command":["sh","-c","echo $((6 * 7))"]"#],
+    );
+    // Two at a time (this machine has two cores).
+    for _ in 0..10 {
+        let ids = [n.run_def(&def, true), n.run_def(&def, true)];
+        for id in ids {
+            let rec = n.wait_stopped(&id);
+            assert_eq!(Skiffd::container(&rec, "a")["exitCode"], 0, "{rec:#}");
+            assert_eq!(logs(&n, &id, "a").0, "42\n");
+            n.ok(&["task", "rm", &id]);
+        }
+    }
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    let disks = Command::new("find")
+        .arg(&n.root)
+        .args(["-name", "*.ext4"])
+        .output()
+        .unwrap();
+    assert!(disks.stdout.is_empty(), "{disks:?}");
+}
+
+#[test]
 fn a_node_without_vm_support_refuses_fargate_tasks() {
     if !privileged("a_node_without_vm_support_refuses_fargate_tasks") {
         return;
@@ -216,4 +268,85 @@ fn a_node_without_vm_support_refuses_fargate_tasks() {
         err.contains("FARGATE") && err.contains("[vm]"),
         "the reason is named: {err}"
     );
+}
+
+#[test]
+fn the_control_plane_places_fargate_tasks_on_nodes_with_microvms() {
+    if !privileged("the_control_plane_places_fargate_tasks_on_nodes_with_microvms") {
+        return;
+    }
+    let net = ControlNet::new();
+    let apid = Apid::start_for_nodes(ControlNet::ADDR, "");
+    apid.aws(&["create-cluster", "--cluster-name", "edge"]);
+    let act = apid.activation("edge", 2);
+    let plain = Skiffd::registered(&net, 2, &apid, &act, &[], "");
+    let def = apid.path("vm.json");
+    std::fs::write(
+        &def,
+        fargate(
+            256,
+            &[r#""name":"app","command":["sh","-c","uname -r; sleep 600"]"#],
+        ),
+    )
+    .unwrap();
+    let td = apid.aws(&[
+        "register-task-definition",
+        "--cli-input-json",
+        &format!("file://{}", def.display()),
+    ])["taskDefinition"]["taskDefinitionArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let instance = |n: &Skiffd| -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(n.root.join("node.json")).unwrap()).unwrap();
+        v["containerInstanceArn"].as_str().unwrap().to_owned()
+    };
+    // No node can run it yet: refused with ECS's ATTRIBUTE failure, nothing placed.
+    let r = apid.aws(&["run-task", "--cluster", "edge", "--task-definition", &td]);
+    assert!(r["tasks"].as_array().unwrap().is_empty(), "{r:#}");
+    assert!(r["failures"].to_string().contains("ATTRIBUTE"), "{r:#}");
+    // A node with VMs joins (it reports ecs.capability.skiff.microvm): three tasks all go there.
+    let vm = Skiffd::registered(&net, 3, &apid, &act, &[], &vm_config());
+    let r = apid.aws(&[
+        "run-task",
+        "--cluster",
+        "edge",
+        "--task-definition",
+        &td,
+        "--count",
+        "3",
+    ]);
+    let tasks = r["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "{r:#}");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["containerInstanceArn"] == instance(&vm).as_str()),
+        "{r:#}"
+    );
+    let arns: Vec<&str> = tasks
+        .iter()
+        .map(|t| t["taskArn"].as_str().unwrap())
+        .collect();
+    until(300, "the VM tasks running", || {
+        let mut args = vec!["describe-tasks", "--cluster", "edge", "--tasks"];
+        args.extend(&arns);
+        let d = apid.aws(&args);
+        d["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["lastStatus"] == "RUNNING")
+            .then_some(())
+    });
+    assert!(plain.ok(&["task", "ls", "-q"]).trim().is_empty());
+    for arn in &arns {
+        apid.aws(&["stop-task", "--cluster", "edge", "--task", arn]);
+    }
+    until(120, "the VM tasks stopped", || {
+        vm.ok(&["task", "ls", "-q"]).trim().is_empty().then_some(())
+    });
+    assert!(vm.leftovers().is_empty(), "{:?}", vm.leftovers());
+    assert!(vmms(&vm).is_empty(), "{:?}", vmms(&vm));
 }

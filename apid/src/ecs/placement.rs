@@ -74,6 +74,9 @@ pub struct Needs {
     pub ports: Vec<u16>,
     /// The `ecs.cpu-architecture` value it requires (`x86_64`, `arm64`).
     pub arch: Option<String>,
+    /// Attributes an instance must have, whatever their value (ECS's `requiresAttributes`):
+    /// `ecs.capability.skiff.microvm` for a FARGATE task.
+    pub requires: Vec<String>,
     /// Its group (`family:<family>` by default).
     pub group: String,
 }
@@ -222,6 +225,9 @@ fn misfit(c: &Candidate, n: &Needs, constraints: &[Constraint]) -> Option<Reason
             .and_then(Option::as_deref)
             != Some(arch.as_str())
     {
+        return Some(Reason::Attribute);
+    }
+    if n.requires.iter().any(|a| !c.attributes.contains_key(a)) {
         return Some(Reason::Attribute);
     }
     if c.cpu < n.cpu {

@@ -26,6 +26,7 @@ fn needs(cpu: i64, memory: i64) -> Needs {
         memory,
         ports: Vec::new(),
         arch: None,
+        requires: Vec::new(),
         group: "family:web".into(),
     }
 }
@@ -379,4 +380,33 @@ fn query_language_syntax_errors_name_the_position() {
     }
     let e = Expr::parse("attribute:site in [a b]").unwrap_err();
     assert!(e.to_string().contains("at position 21"), "{e}");
+}
+
+#[test]
+fn microvm_tasks_go_only_where_the_capability_is() {
+    let mut c = vec![
+        inst("a", 4096, 2000, &[]),
+        inst(
+            "b",
+            4096,
+            2000,
+            &[(skiff_runtime::vm::CAPABILITY_ATTRIBUTE, "")],
+        ),
+    ];
+    let n = Needs {
+        requires: vec![skiff_runtime::vm::CAPABILITY_ATTRIBUTE.into()],
+        ..needs(10, 10)
+    };
+    let p = place(
+        &mut c,
+        &n,
+        2,
+        &strategies(&[("spread", Some("instanceId"))]),
+        &[],
+        1,
+    );
+    assert_eq!(ids(&c, &p), ["b", "b"]);
+    let mut none = vec![inst("a", 4096, 2000, &[])];
+    let p = place(&mut none, &n, 1, &[], &[], 1);
+    assert_eq!(p.failures, [("a".to_owned(), Reason::Attribute)]);
 }

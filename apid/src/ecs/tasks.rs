@@ -314,6 +314,11 @@ fn needs(def: &TaskDefinition, group: String) -> Needs {
         memory: memory.into(),
         ports,
         arch,
+        requires: def
+            .wants_vm()
+            .then(|| skiff_runtime::vm::CAPABILITY_ATTRIBUTE.to_owned())
+            .into_iter()
+            .collect(),
         group,
     }
 }

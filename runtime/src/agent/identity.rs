@@ -387,7 +387,14 @@ impl Credentials {
                 path: self.identity.clone(),
             });
         }
-        let attributes = attributes(&r.attributes)?;
+        let mut attributes = attributes(&r.attributes)?;
+        // What the node can do, as the ECS agent reports its capabilities.
+        if let crate::vm::VmSupport::Ready(_) = crate::vm::VmSupport::probe(cfg.vm.as_ref()) {
+            attributes.push(NodeAttribute {
+                name: crate::vm::CAPABILITY_ATTRIBUTE.into(),
+                value: None,
+            });
+        }
         let roots = roots_from(&r.ca_cert)?;
         let mut tls = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?

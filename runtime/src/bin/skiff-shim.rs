@@ -100,6 +100,27 @@ enum Cmd {
         #[arg(long)]
         cgroup_procs: Vec<PathBuf>,
     },
+    /// Run a command in a container of a microVM task (as `exec` does in a container).
+    VmExec {
+        /// Container id.
+        #[arg(long)]
+        id: String,
+        /// The VM's directory.
+        #[arg(long)]
+        vm_dir: PathBuf,
+        /// The container's bundle (its process settings: user, environment, directory).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The serial of the disk with its root filesystem.
+        #[arg(long)]
+        disk: String,
+        /// A terminal: not available in microVM tasks (refused).
+        #[arg(long, short)]
+        tty: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
     /// Run a container's process in its task's VM (as `run` does a container); record its exit.
     VmRun {
         /// Container id (the process's id in the VM).
@@ -210,6 +231,25 @@ fn main() -> std::process::ExitCode {
             };
             match vm::shim::run(&cfg, announce("started")) {
                 Ok(_) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::VmExec {
+            id,
+            vm_dir,
+            bundle,
+            disk,
+            tty,
+            args,
+        } => {
+            if tty {
+                eprintln!(
+                    "skiff-shim: error: exec -t: microVM tasks give processes pipes, not terminals"
+                );
+                return std::process::ExitCode::from(125);
+            }
+            match vm::shim::exec(&vm::VmDir(vm_dir), &bundle, &id, &disk, args) {
+                Ok(status) => std::process::ExitCode::from(status.exit_code.clamp(0, 255) as u8),
                 Err(e) => fail(&e),
             }
         }

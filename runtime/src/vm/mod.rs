@@ -234,7 +234,7 @@ impl VmSupport {
 }
 
 /// The host CPU's frequency in kHz, from /proc/cpuinfo (2 GHz when it does not say).
-fn tsc_khz() -> u64 {
+pub fn tsc_khz() -> u64 {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -274,41 +274,12 @@ pub struct RunConfig {
 /// Starts the container's process in the VM, relays its output into its log and stop requests
 /// to it, and records how it ended. `on_started` gets the pid to report.
 pub fn run(cfg: &RunConfig, on_started: impl FnOnce(i32)) -> Result<ExitStatus, ShimError> {
-    let process = process_of(cfg)?;
-    let sock_path = cfg.vm.control_socket();
-    let vm_err = |op: &'static str| {
-        let p = sock_path.clone();
-        move |source: std::io::Error| {
-            ShimError::Vm(VmError::Io {
-                op,
-                path: p,
-                source,
-            })
-        }
-    };
-    let mut sock = UnixStream::connect(&sock_path).map_err(vm_err("connect to"))?;
+    let process = process_of(&cfg.bundle, &cfg.id, &cfg.disk)?;
     let mut log = LogWriter::open(&cfg.log_dir, cfg.rotation)?;
-    write_frame(&mut sock, &Frame::Message(Message::Start(process))).map_err(vm_err("write to"))?;
-    match read_frame(&mut sock) {
-        Ok(Some(Frame::Message(Message::Started { .. }))) => {}
-        Ok(Some(Frame::Message(Message::Failed { message, .. }))) => {
-            return Err(ShimError::Container {
-                id: cfg.id.clone(),
-                op: "start in the VM",
-                message,
-            });
-        }
-        other => {
-            return Err(ShimError::Container {
-                id: cfg.id.clone(),
-                op: "start in the VM",
-                message: format!("the VM answered {other:?}"),
-            });
-        }
-    }
+    let mut sock = start(&cfg.vm, process)?;
     on_started(cfg.host_pid);
-    let signals = stop_requests().map_err(|e| vm_err("block signals for")(e.into()))?;
-    let mut requests = sock.try_clone().map_err(vm_err("clone"))?;
+    let signals = stop_requests().map_err(|e| vm_io(&cfg.vm, "block signals for")(e.into()))?;
+    let mut requests = sock.try_clone().map_err(vm_io(&cfg.vm, "clone"))?;
     let id = cfg.id.clone();
     let mut stop = Stopper::new(cfg.stop_timeout, signals, move |sig: Signal| {
         let msg = Message::Signal {
@@ -317,72 +288,139 @@ pub fn run(cfg: &RunConfig, on_started: impl FnOnce(i32)) -> Result<ExitStatus, 
         };
         let _ = write_frame(&mut requests, &Frame::Message(msg));
     });
-    let status = loop {
-        let timeout = stop.poll_timeout();
-        let mut fds = [
-            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.signals.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, timeout) {
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(vm_err("wait on")(e.into())),
-            Ok(_) => {}
+    let status = follow(&cfg.vm, &mut sock, Some(&mut stop), |stream, data| {
+        if let Err(e) = log.write(stream, data) {
+            eprintln!("skiff-shim: {e}");
         }
-        let (data, req) = (
-            fds[0].revents().is_some_and(|r| !r.is_empty()),
-            fds[1].revents().is_some_and(|r| !r.is_empty()),
-        );
-        if req {
-            stop.requested();
-        }
-        if !data {
-            continue;
-        }
-        match read_frame(&mut sock) {
-            Ok(Some(Frame::Output { stream, data, .. })) => {
-                let s = match stream {
-                    Stream::Stdout => crate::logs::Stream::Stdout,
-                    Stream::Stderr => crate::logs::Stream::Stderr,
-                };
-                if let Err(e) = log.write(s, &data) {
-                    eprintln!("skiff-shim: {e}");
-                }
-            }
-            Ok(Some(Frame::Message(Message::Exited {
-                exit_code,
-                signal,
-                oom_killed,
-                ..
-            }))) => {
-                break ExitStatus {
-                    exit_code,
-                    signal,
-                    oom_killed,
-                };
-            }
-            Ok(Some(_)) => {}
-            // The VM is gone (powered off, or its VMM killed): the process with it.
-            Ok(None) | Err(_) => {
-                eprintln!("skiff-shim: the VM stopped while container {} ran", cfg.id);
-                break ExitStatus {
-                    exit_code: 128 + Signal::SIGKILL as i32,
-                    signal: Some(Signal::SIGKILL as i32),
-                    oom_killed: false,
-                };
-            }
-        }
-    };
+    })?;
     log.flush()?;
     write_exit(&cfg.exit_file, &status)?;
     let _ = std::io::stderr().flush();
     Ok(status)
 }
 
-/// The container's process from its bundle, as the agent runs it.
-fn process_of(cfg: &RunConfig) -> Result<Process, ShimError> {
-    let config = cfg.bundle.join("config.json");
+/// Runs `args` in the VM, in the root and as the user of the container whose bundle is
+/// `bundle` (as `docker exec` does), its output on this process's stdout and stderr; returns
+/// how it ended. No terminal: the agent gives processes pipes only.
+pub fn exec(
+    vm: &VmDir,
+    bundle: &std::path::Path,
+    container_id: &str,
+    disk: &str,
+    args: Vec<String>,
+) -> Result<ExitStatus, ShimError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let id = format!("{container_id}.exec-{}-{nanos}", std::process::id());
+    let mut process = process_of(bundle, &id, disk)?;
+    process.args = args;
+    let mut sock = start(vm, process)?;
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    follow(vm, &mut sock, None, |stream, data| {
+        let _ = match stream {
+            crate::logs::Stream::Stdout => out.write_all(data).and_then(|()| out.flush()),
+            crate::logs::Stream::Stderr => err.write_all(data).and_then(|()| err.flush()),
+        };
+    })
+}
+
+fn vm_io(vm: &VmDir, op: &'static str) -> impl FnOnce(std::io::Error) -> ShimError + use<> {
+    let path = vm.control_socket();
+    move |source| ShimError::Vm(VmError::Io { op, path, source })
+}
+
+/// Asks the VM shim to start `process`; returns the connection its frames come back on.
+fn start(vm: &VmDir, process: Process) -> Result<UnixStream, ShimError> {
+    let id = process.id.clone();
+    let mut sock = UnixStream::connect(vm.control_socket()).map_err(vm_io(vm, "connect to"))?;
+    write_frame(&mut sock, &Frame::Message(Message::Start(process)))
+        .map_err(vm_io(vm, "write to"))?;
+    let message = match read_frame(&mut sock) {
+        Ok(Some(Frame::Message(Message::Started { .. }))) => return Ok(sock),
+        Ok(Some(Frame::Message(Message::Failed { message, .. }))) => message,
+        other => format!("the VM answered {other:?}"),
+    };
+    Err(ShimError::Container {
+        id,
+        op: "start in the VM",
+        message,
+    })
+}
+
+/// Relays a started process's output to `out` (and stop requests, with `stop`) until it exits;
+/// a VM that goes away kills it.
+fn follow(
+    vm: &VmDir,
+    sock: &mut UnixStream,
+    mut stop: Option<&mut Stopper>,
+    mut out: impl FnMut(crate::logs::Stream, &[u8]),
+) -> Result<ExitStatus, ShimError> {
+    loop {
+        let timeout = stop
+            .as_mut()
+            .map_or(PollTimeout::NONE, |s| s.poll_timeout());
+        let mut fds = vec![PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        if let Some(s) = &stop {
+            fds.push(PollFd::new(s.signals.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(vm_io(vm, "wait on")(e.into())),
+            Ok(_) => {}
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if ready.get(1) == Some(&true)
+            && let Some(s) = stop.as_mut()
+        {
+            s.requested();
+        }
+        if !ready[0] {
+            continue;
+        }
+        match read_frame(sock) {
+            Ok(Some(Frame::Output { stream, data, .. })) => out(
+                match stream {
+                    Stream::Stdout => crate::logs::Stream::Stdout,
+                    Stream::Stderr => crate::logs::Stream::Stderr,
+                },
+                &data,
+            ),
+            Ok(Some(Frame::Message(Message::Exited {
+                exit_code,
+                signal,
+                oom_killed,
+                ..
+            }))) => {
+                return Ok(ExitStatus {
+                    exit_code,
+                    signal,
+                    oom_killed,
+                });
+            }
+            Ok(Some(_)) => {}
+            // The VM is gone (powered off, or its VMM killed): the process with it.
+            Ok(None) | Err(_) => {
+                eprintln!("skiff-shim: the VM stopped while the process ran");
+                return Ok(ExitStatus {
+                    exit_code: 128 + Signal::SIGKILL as i32,
+                    signal: Some(Signal::SIGKILL as i32),
+                    oom_killed: false,
+                });
+            }
+        }
+    }
+}
+
+/// The process of the container whose bundle is `bundle`, as the agent runs it under `id`.
+fn process_of(bundle: &std::path::Path, id: &str, disk: &str) -> Result<Process, ShimError> {
+    let config = bundle.join("config.json");
     let bad = |message: String| ShimError::Container {
-        id: cfg.id.clone(),
+        id: id.to_owned(),
         op: "read the spec",
         message,
     };
@@ -392,8 +430,8 @@ fn process_of(cfg: &RunConfig) -> Result<Process, ShimError> {
         .as_ref()
         .ok_or_else(|| bad(format!("{} has no process", config.display())))?;
     Ok(Process {
-        id: cfg.id.clone(),
-        disk: cfg.disk.clone(),
+        id: id.to_owned(),
+        disk: disk.to_owned(),
         args: p.args().clone().unwrap_or_default(),
         env: p.env().clone().unwrap_or_default(),
         cwd: p.cwd().display().to_string(),
