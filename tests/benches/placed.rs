@@ -44,8 +44,8 @@ fn definition() -> Value {
 fn stats(v: &[f64]) -> String {
     format!(
         "p50 {:.1} ms, p99 {:.1} ms (n = {})",
-        percentile(v, 50.0),
-        percentile(v, 99.0),
+        percentile(v, 0.5),
+        percentile(v, 0.99),
         v.len()
     )
 }

@@ -170,7 +170,7 @@ pub struct VmHost {
 
 /// An accelerator, chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
 pub enum Resolved {
     /// Hardware virtualisation.
     Kvm,
