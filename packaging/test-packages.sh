@@ -3,8 +3,8 @@
 # conffiles (dpkg-deb); the amd64 binaries run from the extracted package; the arm64 binaries
 # run under qemu-user (Debian's qemu-user-static) doing real work: apid's SQLite store and key
 # (aws-lc) with `skiff-apid keys create`, the image store with `skiff image load` and `ls` (of
-# the amd64 sample image: an arm64 image would need an arm64 busybox); containers cannot run
-# under qemu-user: arm64 tasks need an arm64 box or VM. Then both packages are installed for
+# an image without layers: qemu-user lacks openat2, which unpacking needs); containers cannot
+# run under qemu-user: arm64 tasks need an arm64 box or VM. Then both packages are installed for
 # real and skiff upgraded in place with a task running, in private namespaces over overlays
 # (below): nothing on the machine changes.
 set -euo pipefail
@@ -52,12 +52,15 @@ smoke() {
     || fail "$arch skiff-apid keys create"
   $run "$root/usr/bin/skiff-apid" --config "$d/apid.toml" keys list | grep -q AKIA || fail "$arch skiff-apid keys list"
   : > "$d/images.toml"
-  $run "$root/usr/bin/skiff" image load --platform linux/amd64 --name local/sample "$work/layout" --root "$d/store" --config "$d/images.toml" >/dev/null \
+  $run "$root/usr/bin/skiff" image load --platform linux/amd64 --name local/empty "$work/empty" --root "$d/store" --config "$d/images.toml" >/dev/null \
     || fail "$arch skiff image load"
-  $run "$root/usr/bin/skiff" image ls --root "$d/store" --config "$d/images.toml" | grep -q local/sample || fail "$arch skiff image ls"
+  $run "$root/usr/bin/skiff" image ls --root "$d/store" --config "$d/images.toml" | grep -q local/empty || fail "$arch skiff image ls"
   echo "$arch binaries: skiffd, skiff (image load, ls) and skiff-apid (SQLite store, keys) work"
 }
 ./packaging/sample-image.sh "$work/layout" 1.0 >/dev/null
+# The smoke's image has no layer: qemu-user (Debian 12's 7.2) lacks openat2, which the unpacker
+# resolves every path with.
+umoci init --layout "$work/empty" && umoci new --image "$work/empty:1"
 smoke amd64 ""
 smoke arm64 qemu-aarch64-static
 
@@ -90,6 +93,8 @@ W="$work" V="$version" P="$parent" unshare --pid --fork --mount-proc --mount --n
     mount -t overlay overlay -o "lowerdir=/$d,upperdir=$W/overlay/$d,workdir=$W/overlay/$d.work" "/$d"
   done
   mkdir -p /run/skiff && mount -t tmpfs tmpfs /run/skiff
+  # The node state on a real filesystem: container overlay mounts cannot stack on the /var overlay.
+  mkdir -p "$W/state" /var/lib/skiff && mount --bind "$W/state" /var/lib/skiff
   mkdir -p /etc/skiff
   printf "cgroup_parent = \"%s\"\nimage_pull_behavior = \"prefer-cached\"\n" "$P" > /etc/skiff/skiffd.toml
 
@@ -119,7 +124,8 @@ W="$work" V="$version" P="$parent" unshare --pid --fork --mount-proc --mount --n
   skiff image load --name 127.0.0.1:5055/samples/busybox "$W/layout" >/dev/null
   td=$(ecs register-task-definition --cli-input-json file://packaging/examples/web-task.json | jq -r .taskDefinition.taskDefinitionArn)
   task=$(ecs run-task --cluster pkg --task-definition "$td" | jq -r ".tasks[0].taskArn")
-  ecs wait tasks-running --cluster pkg --tasks "$task"
+  ecs wait tasks-running --cluster pkg --tasks "$task" ||
+    fail "the task did not run: $(ecs describe-tasks --cluster pkg --tasks "$task" | jq -c ".tasks[0] | {stoppedReason, containers: [.containers[] | {reason, exitCode}]}")"
   curl -fsS --retry 20 --retry-connrefused --retry-delay 0 http://127.0.0.1:8080/ | grep -q "Hello from a Skiff task" || fail "the task does not serve"
   old_skiffd=$(pidof skiffd) old_httpd=$(pidof httpd)
 
