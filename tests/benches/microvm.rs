@@ -35,7 +35,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 use skiff_runtime::client::Client;
 use skiff_runtime::vm;
-use skiff_tests::{BUSYBOX, Skiffd, bench_may_run, env_num, percentile, workspace_bin};
+use skiff_tests::{BUSYBOX, Skiffd, bench_main, env_num, percentile, workspace_bin};
 
 const RERUN: &str =
     "cargo build --release --workspace && cargo bench -p skiff-tests --bench microvm";
@@ -87,45 +87,30 @@ fn bare_initrd(dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Spawn to `FLOOR-INIT` on the console, ms.
+/// The node's VM of one vCPU and 256 MiB booting `initrd`.
+fn spec(kernel: &Path, initrd: &Path, accel: &str) -> vm::VmSpec {
+    vm::VmSpec {
+        vmm: "/usr/bin/qemu-system-x86_64".into(),
+        kernel: kernel.to_owned(),
+        initrd: initrd.to_owned(),
+        accel: if accel == "kvm" {
+            vm::Resolved::Kvm
+        } else {
+            vm::Resolved::Tcg {
+                tsc_khz: vm::tsc_khz(),
+            }
+        },
+        cpus: 1,
+        memory_mib: 256,
+        disks: Vec::new(),
+        boot_timeout_ms: 120_000,
+    }
+}
+
+/// Spawn to `FLOOR-INIT` on the console, ms: the same machine with a bare initramfs.
 fn floor(kernel: &Path, initrd: &Path, accel: &str) -> Result<f64> {
-    let (accel, tsc) = if accel == "kvm" {
-        ("kvm".to_owned(), String::new())
-    } else {
-        (
-            "tcg,tb-size=64".to_owned(),
-            format!(" tsc_early_khz={} tsc=reliable", vm::tsc_khz()),
-        )
-    };
     let t0 = Instant::now();
-    let mut q = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm,rtc=on",
-            "-accel",
-            &accel,
-            "-cpu",
-            "max",
-            "-smp",
-            "1",
-            "-m",
-            "256M",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args([
-            "-append",
-            &format!("console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3{tsc}"),
-        ])
+    let mut q = vm::Qemu::machine(&spec(kernel, initrd, accel))
         .args(["-serial", "stdio"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -145,19 +130,10 @@ fn floor(kernel: &Path, initrd: &Path, accel: &str) -> Result<f64> {
 fn agent(kernel: &Path, initrd: &Path, accel: &str, dir: &Path) -> Result<f64> {
     let vm = dir.join("vm");
     std::fs::create_dir_all(&vm)?;
-    let disk = vm.join("c0.ext4");
-    std::fs::write(&disk, vec![0u8; 1 << 20])?;
-    let accel = if accel == "kvm" {
-        json!({"kind": "kvm"})
-    } else {
-        json!({"kind": "tcg", "tscKhz": vm::tsc_khz()})
-    };
-    std::fs::write(
-        vm.join("spec.json"),
-        json!({"vmm": "/usr/bin/qemu-system-x86_64", "kernel": kernel, "initrd": initrd,
-            "accel": accel, "cpus": 1, "memoryMib": 256, "disks": [["c0", disk]], "bootTimeoutMs": 120000})
-        .to_string(),
-    )?;
+    let mut spec = spec(kernel, initrd, accel);
+    spec.disks = vec![("c0".into(), vm.join("c0.ext4"))];
+    std::fs::write(&spec.disks[0].1, vec![0u8; 1 << 20])?;
+    std::fs::write(vm.join("spec.json"), serde_json::to_vec(&spec)?)?;
     let t0 = Instant::now();
     let mut shim = Command::new(workspace_bin("skiff-shim"))
         .args(["vm", "--dir"])
@@ -264,14 +240,5 @@ fn run() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    if let Err(code) = bench_may_run("the microVM benchmark") {
-        return code;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("microvm bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    bench_main("the microVM benchmark", run)
 }

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::{Value, json};
 use skiff_runtime::client::Client;
-use skiff_tests::{Apid, BUSYBOX, ControlNet, Skiffd, bench_may_run, env_num, percentile};
+use skiff_tests::{Apid, BUSYBOX, ControlNet, Skiffd, bench_main, env_num, percentile};
 
 const RERUN: &str =
     "cargo build --release --workspace && cargo bench -p skiff-tests --bench placed";
@@ -141,14 +141,5 @@ fn run() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    if let Err(code) = bench_may_run("the placed-task benchmark") {
-        return code;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("placed bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    bench_main("the placed-task benchmark", run)
 }

@@ -954,6 +954,21 @@ pub fn remove_cgroup_parent(parent: &str) {
     }
 }
 
+/// A benchmark binary's `main`: `run` when it may run (see [`bench_may_run`]); its error,
+/// printed, fails the binary.
+pub fn bench_main(what: &str, run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    if let Err(code) = bench_may_run(what) {
+        return code;
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The start of a benchmark binary: Ok when it may run (root), else the exit code to return
 /// (0 when it says why it cannot run, 1 under `SKIFF_REQUIRE_PRIVILEGED=1`).
 pub fn bench_may_run(what: &str) -> std::result::Result<(), std::process::ExitCode> {

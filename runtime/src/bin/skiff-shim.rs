@@ -59,6 +59,23 @@ impl Outputs {
     }
 }
 
+/// A container of a microVM task.
+#[derive(clap::Args)]
+struct InVm {
+    /// Container id (its processes' ids in the VM derive from it).
+    #[arg(long)]
+    id: String,
+    /// The VM's directory.
+    #[arg(long)]
+    vm_dir: PathBuf,
+    /// The container's bundle: its config.json has the process and its settings.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// The serial of the disk with its root filesystem.
+    #[arg(long)]
+    disk: String,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create, start and wait for a container; record its exit.
@@ -102,18 +119,8 @@ enum Cmd {
     },
     /// Run a command in a container of a microVM task (as `exec` does in a container).
     VmExec {
-        /// Container id.
-        #[arg(long)]
-        id: String,
-        /// The VM's directory.
-        #[arg(long)]
-        vm_dir: PathBuf,
-        /// The container's bundle (its process settings: user, environment, directory).
-        #[arg(long)]
-        bundle: PathBuf,
-        /// The serial of the disk with its root filesystem.
-        #[arg(long)]
-        disk: String,
+        #[command(flatten)]
+        c: InVm,
         /// A terminal: not available in microVM tasks (refused).
         #[arg(long, short)]
         tty: bool,
@@ -123,18 +130,8 @@ enum Cmd {
     },
     /// Run a container's process in its task's VM (as `run` does a container); record its exit.
     VmRun {
-        /// Container id (the process's id in the VM).
-        #[arg(long)]
-        id: String,
-        /// The VM's directory.
-        #[arg(long)]
-        vm_dir: PathBuf,
-        /// OCI bundle directory: its config.json has the process.
-        #[arg(long)]
-        bundle: PathBuf,
-        /// The serial of the disk with its root filesystem.
-        #[arg(long)]
-        disk: String,
+        #[command(flatten)]
+        c: InVm,
         /// The VMM's pid, reported as the container's.
         #[arg(long)]
         host_pid: i32,
@@ -206,23 +203,16 @@ fn main() -> std::process::ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Cmd::VmRun {
-            id,
-            vm_dir,
-            bundle,
-            disk,
-            host_pid,
-            out,
-        } => {
+        Cmd::VmRun { c, host_pid, out } => {
             let rotation = match out.rotation() {
                 Ok(r) => r,
                 Err(code) => return code,
             };
             let cfg = vm::shim::RunConfig {
-                id,
-                vm: vm::VmDir(vm_dir),
-                bundle,
-                disk,
+                id: c.id,
+                vm: vm::VmDir(c.vm_dir),
+                bundle: c.bundle,
+                disk: c.disk,
                 host_pid,
                 exit_file: out.exit_file,
                 log_dir: out.log_dir,
@@ -234,21 +224,14 @@ fn main() -> std::process::ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Cmd::VmExec {
-            id,
-            vm_dir,
-            bundle,
-            disk,
-            tty,
-            args,
-        } => {
+        Cmd::VmExec { c, tty, args } => {
             if tty {
                 eprintln!(
                     "skiff-shim: error: exec -t: microVM tasks give processes pipes, not terminals"
                 );
                 return std::process::ExitCode::from(125);
             }
-            match vm::shim::exec(&vm::VmDir(vm_dir), &bundle, &id, &disk, args) {
+            match vm::shim::exec(&vm::VmDir(c.vm_dir), &c.bundle, &c.id, &c.disk, args) {
                 Ok(status) => std::process::ExitCode::from(status.exit_code.clamp(0, 255) as u8),
                 Err(e) => fail(&e),
             }

@@ -170,7 +170,11 @@ pub struct VmHost {
 
 /// An accelerator, chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "kind")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "kind"
+)]
 pub enum Resolved {
     /// Hardware virtualisation.
     Kvm,
@@ -351,8 +355,10 @@ pub trait Vmm: std::fmt::Debug {
 #[derive(Debug)]
 pub struct Qemu;
 
-impl Vmm for Qemu {
-    fn command(&self, spec: &VmSpec, dir: &VmDir) -> std::process::Command {
+impl Qemu {
+    /// The machine of `spec` booting its kernel and initramfs, without devices or console:
+    /// what every VM of this node is, and what the microVM benchmark boots bare as its floor.
+    pub fn machine(spec: &VmSpec) -> std::process::Command {
         let mut c = std::process::Command::new(&spec.vmm);
         let (accel, cpu, tsc) = match spec.accel {
             Resolved::Kvm => ("kvm".to_owned(), "host", String::new()),
@@ -380,8 +386,15 @@ impl Vmm for Qemu {
             .args([
                 "-append",
                 &format!("console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3{tsc}"),
-            ])
-            .arg("-serial")
+            ]);
+        c
+    }
+}
+
+impl Vmm for Qemu {
+    fn command(&self, spec: &VmSpec, dir: &VmDir) -> std::process::Command {
+        let mut c = Self::machine(spec);
+        c.arg("-serial")
             .arg(format!("file:{}", dir.console_log().display()));
         for (i, (serial, path)) in spec.disks.iter().enumerate() {
             c.args(["-drive"])
