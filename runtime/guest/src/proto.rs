@@ -3,7 +3,7 @@
 //!
 //! A frame is a 4-byte big-endian length, then that many bytes: a kind byte and its body.
 //! Kind 0 is a JSON [`Message`]; kinds 1 and 2 are a process's stdout and stderr, as
-//! `id length (1 byte) | id | bytes`, so that output, the bulk of the traffic, is neither
+//! `id length (2 bytes, big-endian) | id | bytes`, so that output, the bulk of the traffic, is neither
 //! escaped nor base64'd. The same framing serves the shim's own control socket, where the
 //! per-container processes (`skiff-shim vm-run`) talk to the VM shim: it routes frames by id.
 //!
@@ -180,8 +180,10 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
                 Stream::Stdout => KIND_STDOUT,
                 Stream::Stderr => KIND_STDERR,
             });
-            let id = &id.as_bytes()[..id.len().min(255)];
-            body.push(id.len() as u8);
+            // Ids are a container's runtime id (a task id and a name of up to 255 bytes) or
+            // an exec's, longer: two bytes of length.
+            let id = &id.as_bytes()[..id.len().min(usize::from(u16::MAX))];
+            body.extend_from_slice(&(id.len() as u16).to_be_bytes());
             body.extend_from_slice(id);
             body.extend_from_slice(data);
         }
@@ -236,10 +238,10 @@ fn decode(body: &[u8]) -> Result<Frame, ProtoError> {
         KIND_STDERR => Stream::Stderr,
         k => return Err(ProtoError::Malformed(format!("unknown kind {k}"))),
     };
-    let (&n, rest) = rest
-        .split_first()
+    let (n, rest) = rest
+        .split_first_chunk::<2>()
         .ok_or_else(|| ProtoError::Malformed("output without an id".into()))?;
-    let n = usize::from(n);
+    let n = usize::from(u16::from_be_bytes(*n));
     if rest.len() < n {
         return Err(ProtoError::Malformed(
             "output id longer than its frame".into(),
@@ -286,6 +288,11 @@ mod tests {
             signal: Some(9),
             oom_killed: true,
         }));
+        roundtrip(Frame::Output {
+            id: format!("{}-{}.exec-1-2", "f".repeat(32), "n".repeat(255)),
+            stream: Stream::Stdout,
+            data: b"long ids".to_vec(),
+        });
         roundtrip(Frame::Output {
             id: "t-web".into(),
             stream: Stream::Stderr,
@@ -335,7 +342,8 @@ mod tests {
             &[0xff, 0, 0, 0],
             &[0, 0, 0, 2, 9, 0],
             &[0, 0, 0, 3, 0, b'{', b'x'],
-            &[0, 0, 0, 3, 1, 5, b'a'],
+            &[0, 0, 0, 4, 1, 0, 5, b'a'],
+            &[0, 0, 0, 2, 1, 0],
             &[0, 0],
         ];
         for c in cases {
