@@ -88,13 +88,15 @@ pub fn run() -> Result<(), AgentError> {
         .map_err(boot_err("open", &port))?;
     let writer = reader.try_clone().map_err(boot_err("open", &port))?;
     let agent = Agent {
-        out: Arc::new(Mutex::new(writer)),
-        procs: Arc::new(Mutex::new(Procs::default())),
+        shared: Shared {
+            out: Arc::new(Mutex::new(writer)),
+            procs: Arc::new(Mutex::new(Procs::default())),
+        },
         disks: HashMap::new(),
     };
-    let reaper = agent.clone_shared();
+    let reaper = agent.shared.clone();
     std::thread::spawn(move || reaper.reap());
-    agent.send(&Frame::Message(Message::Ready {
+    agent.shared.send(&Frame::Message(Message::Ready {
         version: VERSION,
         uptime_ms: uptime_ms(),
     }));
@@ -224,161 +226,27 @@ struct Procs {
     by_id: HashMap<String, i32>,
 }
 
-#[derive(Debug)]
-struct Agent {
+/// What the main thread, the reaper and the output relays share: the writer to the host and
+/// the processes started.
+#[derive(Clone, Debug)]
+struct Shared {
     out: Arc<Mutex<File>>,
     procs: Arc<Mutex<Procs>>,
+}
+
+/// The main thread's state: the shared part, and the disks it mounted.
+#[derive(Debug)]
+struct Agent {
+    shared: Shared,
     /// Mounted disks by serial.
     disks: HashMap<String, PathBuf>,
 }
 
-impl Agent {
-    fn clone_shared(&self) -> Self {
-        Self {
-            out: self.out.clone(),
-            procs: self.procs.clone(),
-            disks: HashMap::new(),
-        }
-    }
-
+impl Shared {
     fn send(&self, f: &Frame) {
         let mut out = self.out.lock().expect("writer lock");
         if let Err(e) = write_frame(&mut *out, f) {
             eprintln!("skiff-agent: writing to the host: {e}");
-        }
-    }
-
-    fn start(&mut self, p: Process) {
-        let id = p.id.clone();
-        let msg = match self.spawn(p) {
-            Ok(pid) => Message::Started { id, pid },
-            Err(message) => Message::Failed { id, message },
-        };
-        self.send(&Frame::Message(msg));
-    }
-
-    /// The root of disk `serial`, mounted on first use.
-    fn root(&mut self, serial: &str) -> Result<PathBuf, String> {
-        if let Some(r) = self.disks.get(serial) {
-            return Ok(r.clone());
-        }
-        let dev = wait_for(&format!("disk {serial}"), || {
-            find_disk(Path::new("/sys"), serial)
-        })
-        .map_err(|e| e.to_string())?;
-        let root = Path::new("/run/disks").join(serial);
-        std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-        mount(
-            Some(&dev),
-            &root,
-            Some("ext4"),
-            MsFlags::MS_NOATIME,
-            Some("noinit_itable"),
-        )
-        .map_err(|e| format!("mounting {} ({serial}): {e}", dev.display()))?;
-        self.disks.insert(serial.to_owned(), root.clone());
-        Ok(root)
-    }
-
-    fn spawn(&mut self, p: Process) -> Result<i32, String> {
-        if p.args.is_empty() {
-            return Err("no command".into());
-        }
-        if self
-            .procs
-            .lock()
-            .expect("procs lock")
-            .by_id
-            .contains_key(&p.id)
-        {
-            return Err(format!("process {} exists already", p.id));
-        }
-        let root = self.root(&p.disk)?;
-        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string());
-        let confinement = Confinement {
-            root: cstr(&root)?,
-            dev: cstr(&root.join("dev"))?,
-            proc: cstr(&root.join("proc"))?,
-            devices: DEVICES
-                .iter()
-                .map(|(n, maj, min)| Ok((cstr(&root.join("dev").join(n))?, *maj, *min)))
-                .collect::<Result<_, String>>()?,
-            cwd: CString::new(p.cwd.as_bytes()).map_err(|e| e.to_string())?,
-            uid: p.uid,
-            gid: p.gid,
-            groups: p.additional_gids.clone(),
-        };
-        let mut cmd = Command::new(&p.args[0]);
-        cmd.args(&p.args[1..])
-            .env_clear()
-            .envs(p.env.iter().filter_map(|kv| kv.split_once('=')))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        confine(&mut cmd, confinement);
-        let oom_before = oom_kills();
-        // Held across the spawn: the reaper looks a pid up only under this lock, so it cannot
-        // miss a process that exits before it is recorded.
-        let mut procs = self.procs.lock().expect("procs lock");
-        let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", p.args[0]))?;
-        let pid = child.id() as i32;
-        let (tx, eof) = channel();
-        if let Some(o) = child.stdout.take() {
-            self.relay(&p.id, Stream::Stdout, o, tx.clone());
-        }
-        if let Some(e) = child.stderr.take() {
-            self.relay(&p.id, Stream::Stderr, e, tx);
-        }
-        procs.by_id.insert(p.id.clone(), pid);
-        procs.by_pid.insert(
-            pid,
-            Entry {
-                id: p.id,
-                eof,
-                oom_before,
-            },
-        );
-        Ok(pid)
-    }
-
-    fn relay(
-        &self,
-        id: &str,
-        stream: Stream,
-        mut from: impl Read + Send + 'static,
-        eof: Sender<()>,
-    ) {
-        let (me, id) = (self.clone_shared(), id.to_owned());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => me.send(&Frame::Output {
-                        id: id.clone(),
-                        stream,
-                        data: buf[..n].to_vec(),
-                    }),
-                }
-            }
-            let _ = eof.send(());
-        });
-    }
-
-    fn signal(&self, id: &str, signal: i32) {
-        let pid = self
-            .procs
-            .lock()
-            .expect("procs lock")
-            .by_id
-            .get(id)
-            .copied();
-        let (Some(pid), Ok(sig)) = (pid, Signal::try_from(signal)) else {
-            return;
-        };
-        // The process group first (the process leads its own session), else the process.
-        if kill(Pid::from_raw(-pid), sig).is_err() {
-            let _ = kill(Pid::from_raw(pid), sig);
         }
     }
 
@@ -419,6 +287,144 @@ impl Agent {
                 signal,
                 oom_killed,
             }));
+        }
+    }
+}
+
+impl Agent {
+    fn start(&mut self, p: Process) {
+        let id = p.id.clone();
+        let msg = match self.spawn(p) {
+            Ok(pid) => Message::Started { id, pid },
+            Err(message) => Message::Failed { id, message },
+        };
+        self.shared.send(&Frame::Message(msg));
+    }
+
+    /// The root of disk `serial`, mounted on first use.
+    fn root(&mut self, serial: &str) -> Result<PathBuf, String> {
+        if let Some(r) = self.disks.get(serial) {
+            return Ok(r.clone());
+        }
+        let dev = wait_for(&format!("disk {serial}"), || {
+            find_disk(Path::new("/sys"), serial)
+        })
+        .map_err(|e| e.to_string())?;
+        let root = Path::new("/run/disks").join(serial);
+        std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+        mount(
+            Some(&dev),
+            &root,
+            Some("ext4"),
+            MsFlags::MS_NOATIME,
+            Some("noinit_itable"),
+        )
+        .map_err(|e| format!("mounting {} ({serial}): {e}", dev.display()))?;
+        self.disks.insert(serial.to_owned(), root.clone());
+        Ok(root)
+    }
+
+    fn spawn(&mut self, p: Process) -> Result<i32, String> {
+        if p.args.is_empty() {
+            return Err("no command".into());
+        }
+        if self
+            .shared
+            .procs
+            .lock()
+            .expect("procs lock")
+            .by_id
+            .contains_key(&p.id)
+        {
+            return Err(format!("process {} exists already", p.id));
+        }
+        let root = self.root(&p.disk)?;
+        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string());
+        let confinement = Confinement {
+            root: cstr(&root)?,
+            dev: cstr(&root.join("dev"))?,
+            proc: cstr(&root.join("proc"))?,
+            devices: DEVICES
+                .iter()
+                .map(|(n, maj, min)| Ok((cstr(&root.join("dev").join(n))?, *maj, *min)))
+                .collect::<Result<_, String>>()?,
+            cwd: CString::new(p.cwd.as_bytes()).map_err(|e| e.to_string())?,
+            uid: p.uid,
+            gid: p.gid,
+            groups: p.additional_gids.clone(),
+        };
+        let mut cmd = Command::new(&p.args[0]);
+        cmd.args(&p.args[1..])
+            .env_clear()
+            .envs(p.env.iter().filter_map(|kv| kv.split_once('=')))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        confine(&mut cmd, confinement);
+        let oom_before = oom_kills();
+        // Held across the spawn: the reaper looks a pid up only under this lock, so it cannot
+        // miss a process that exits before it is recorded.
+        let mut procs = self.shared.procs.lock().expect("procs lock");
+        let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", p.args[0]))?;
+        let pid = child.id() as i32;
+        let (tx, eof) = channel();
+        if let Some(o) = child.stdout.take() {
+            self.relay(&p.id, Stream::Stdout, o, tx.clone());
+        }
+        if let Some(e) = child.stderr.take() {
+            self.relay(&p.id, Stream::Stderr, e, tx);
+        }
+        procs.by_id.insert(p.id.clone(), pid);
+        procs.by_pid.insert(
+            pid,
+            Entry {
+                id: p.id,
+                eof,
+                oom_before,
+            },
+        );
+        Ok(pid)
+    }
+
+    fn relay(
+        &self,
+        id: &str,
+        stream: Stream,
+        mut from: impl Read + Send + 'static,
+        eof: Sender<()>,
+    ) {
+        let (me, id) = (self.shared.clone(), id.to_owned());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => me.send(&Frame::Output {
+                        id: id.clone(),
+                        stream,
+                        data: buf[..n].to_vec(),
+                    }),
+                }
+            }
+            let _ = eof.send(());
+        });
+    }
+
+    fn signal(&self, id: &str, signal: i32) {
+        let pid = self
+            .shared
+            .procs
+            .lock()
+            .expect("procs lock")
+            .by_id
+            .get(id)
+            .copied();
+        let (Some(pid), Ok(sig)) = (pid, Signal::try_from(signal)) else {
+            return;
+        };
+        // The process group first (the process leads its own session), else the process.
+        if kill(Pid::from_raw(-pid), sig).is_err() {
+            let _ = kill(Pid::from_raw(pid), sig);
         }
     }
 }
