@@ -164,10 +164,22 @@ pub struct ExecTarget {
     pub runtime_id: String,
     /// The shim binary.
     pub shim: PathBuf,
-    /// When the container runs in its task's microVM: the VM's directory, the container's
-    /// disk and its bundle (whose process settings the command runs with).
+    /// When the container runs in its task's microVM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vm: Option<(PathBuf, String, PathBuf)>,
+    pub vm: Option<VmExec>,
+}
+
+/// Where a command of a microVM task's container runs.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmExec {
+    /// The VM's directory.
+    pub dir: PathBuf,
+    /// The serial of the container's disk.
+    pub disk: String,
+    /// The container's bundle, whose process settings (user, environment, directory) the
+    /// command runs with.
+    pub bundle: PathBuf,
 }
 
 impl ExecTarget {
@@ -177,12 +189,12 @@ impl ExecTarget {
         cmd.arg("--state-root").arg(&self.state_root);
         match &self.vm {
             None => cmd.args(["exec", "--id", &self.runtime_id]),
-            Some((dir, disk, bundle)) => cmd
-                .args(["vm-exec", "--id", &self.runtime_id, "--disk", disk])
+            Some(v) => cmd
+                .args(["vm-exec", "--id", &self.runtime_id, "--disk", &v.disk])
                 .arg("--vm-dir")
-                .arg(dir)
+                .arg(&v.dir)
                 .arg("--bundle")
-                .arg(bundle),
+                .arg(&v.bundle),
         };
         if tty {
             cmd.arg("--tty");
@@ -202,8 +214,11 @@ impl Host {
                 .map(|c| c.runtime_id.clone())
                 .unwrap_or_default(),
             shim: self.shim.clone(),
-            vm: in_vm(rec, name, task_dir)
-                .map(|v| (v.dir.0, v.disk, ContainerFiles::new(task_dir, name).bundle)),
+            vm: in_vm(rec, name, task_dir).map(|v| VmExec {
+                dir: v.dir.0,
+                disk: v.disk,
+                bundle: ContainerFiles::new(task_dir, name).bundle,
+            }),
         }
     }
 }
