@@ -59,7 +59,7 @@ pub enum SubLink {
 }
 
 /// An address on an interface of a task namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IfAddr {
     /// The interface.
     pub dev: String,
@@ -68,7 +68,7 @@ pub struct IfAddr {
 }
 
 /// A route of a task namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Route {
     /// Destination.
     pub dest: Ipv4Net,
@@ -132,6 +132,15 @@ pub trait Kernel: Send + Sync + 'static {
         dest: Ipv4Addr,
         dev: &str,
     ) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// A persistent tap `tap` in the namespace at `ns`, up, that stands in for `dev` to a VM:
+    /// tc redirects everything arriving on either to the other's egress, so `dev`'s traffic is
+    /// the guest's. Returns `dev`'s MAC address, which the guest's interface takes.
+    fn add_tap_redirect(
+        &self,
+        ns: &Path,
+        dev: &str,
+        tap: &str,
+    ) -> impl Future<Output = Result<[u8; 6], KernelError>> + Send;
     /// Deletes node link `name`; false if there was none.
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, KernelError>> + Send;
     /// The names of the node's links.
@@ -237,6 +246,9 @@ impl Netlink {
         }
     }
 }
+
+/// `protocol all` of a tc filter (the kernel takes it in network byte order).
+const ETH_P_ALL: u16 = 0x0003;
 
 const fn libc_eexist() -> i32 {
     nix::errno::Errno::EEXIST as i32
@@ -353,6 +365,59 @@ impl Kernel for Netlink {
             src: None,
         };
         Self::add_route(&self.handle, &r, index).await
+    }
+
+    async fn add_tap_redirect(
+        &self,
+        ns: &Path,
+        dev: &str,
+        tap: &str,
+    ) -> Result<[u8; 6], KernelError> {
+        let (path, name) = (ns.to_owned(), tap.to_owned());
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path)?;
+            setns(&f, CloneFlags::CLONE_NEWNET)?;
+            crate::sys::make_persistent_tap(&name)
+        })
+        .join()
+        .expect("netns thread")
+        .map_err(sys("make a tap in", ns))?;
+        let h = Self::in_ns(ns).await?;
+        Self::up(&h, tap).await?;
+        let (di, ti) = (Self::index(&h, dev).await?, Self::index(&h, tap).await?);
+        for (from, to, name) in [(di, ti, dev), (ti, di, tap)] {
+            let from = i32::try_from(from).expect("an ifindex is positive");
+            h.qdisc()
+                .add(from)
+                .ingress()
+                .execute()
+                .await
+                .map_err(nl("add an ingress qdisc to", name))?;
+            h.traffic_filter(from)
+                .add()
+                .ingress()
+                .protocol(ETH_P_ALL.to_be())
+                .redirect(to)
+                .map_err(nl("build the redirect of", name))?
+                .execute()
+                .await
+                .map_err(nl("redirect the ingress of", name))?;
+        }
+        let msg = h
+            .link()
+            .get()
+            .match_index(di)
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl("find link", dev))?;
+        msg.into_iter()
+            .flat_map(|m| m.attributes)
+            .find_map(|a| match a {
+                LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac).ok(),
+                _ => None,
+            })
+            .ok_or_else(|| nl("read the MAC address of", dev)(rtnetlink::Error::RequestFailed))
     }
 
     async fn delete_link(&self, name: &str) -> Result<bool, KernelError> {

@@ -21,8 +21,10 @@ mod sys;
 
 pub use config::{AwsvpcConfig, LanPool, NetConfig};
 pub use ipam::{Attachment, PortLease, PortRequest, Protocol};
-pub use kernel::{Kernel, Netlink};
-pub use network::{Mode, NetDirs, NetError, Network, TaskNetwork, TaskRequest};
+pub use kernel::{IfAddr, Kernel, Netlink, Route};
+pub use network::{
+    GuestNetwork, GuestNic, Mode, NetDirs, NetError, Network, TaskNetwork, TaskRequest,
+};
 pub use nft::{Firewall, METADATA_PORT, Nft};
 
 /// The networking skiffd runs: rtnetlink and `nft`.

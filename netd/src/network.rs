@@ -104,6 +104,28 @@ pub struct TaskNetwork {
     pub ports: Vec<PortLease>,
 }
 
+/// A task's network as its microVM takes it ([`Network::attach_vm`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// The interfaces, in the namespace's order.
+    pub nics: Vec<GuestNic>,
+    /// Their addresses.
+    pub addrs: Vec<IfAddr>,
+    /// The routes.
+    pub routes: Vec<Route>,
+}
+
+/// One interface of a task's namespace, as a VM's network device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNic {
+    /// Its name in the namespace, which the guest gives it too (`eth0`, `meta0`).
+    pub name: String,
+    /// The tap standing in for it, for the VMM.
+    pub tap: String,
+    /// Its MAC address, the guest interface's.
+    pub mac: [u8; 6],
+}
+
 /// Where networking keeps its files.
 #[derive(Clone, Debug)]
 pub struct NetDirs {
@@ -355,39 +377,14 @@ impl<K: Kernel, F: Firewall> Network<K, F> {
         let k = &self.kernel;
         let ns = &net.netns;
         k.create_netns(ns)?;
-        let eth0 = |prefix: u8| IfAddr {
-            dev: "eth0".into(),
-            addr: Ipv4Net::new(lease.address, prefix).expect("a valid prefix"),
-        };
-        let on_link = |dest: Ipv4Addr, dev: &str, src: Option<Ipv4Addr>| Route {
-            dest: Ipv4Net::from(dest),
-            via: None,
-            dev: dev.into(),
-            src,
-        };
-        let default_via = |gw: Ipv4Addr| Route {
-            dest: Ipv4Net::default(),
-            via: Some(gw),
-            dev: "eth0".into(),
-            src: None,
-        };
-        let meta = self.cfg.metadata_address;
-        let setup = match lease.attachment {
+        match lease.attachment {
             Attachment::Bridge => {
                 k.add_veth(&net.host_link, Some(&self.cfg.bridge), ns, "eth0")
                     .await?;
-                NsSetup {
-                    addrs: vec![eth0(net.subnet.prefix_len())],
-                    routes: vec![default_via(net.gateway)],
-                }
             }
             Attachment::Routed => {
                 k.add_veth(&net.host_link, None, ns, "eth0").await?;
                 k.add_host_route(lease.address, &net.host_link).await?;
-                NsSetup {
-                    addrs: vec![eth0(32)],
-                    routes: vec![on_link(meta, "eth0", None), default_via(meta)],
-                }
             }
             Attachment::Macvlan | Attachment::Ipvlan => {
                 let Some(AwsvpcConfig::Macvlan(p) | AwsvpcConfig::Ipvlan(p)) = &self.cfg.awsvpc
@@ -407,6 +404,46 @@ impl<K: Kernel, F: Firewall> Network<K, F> {
                 k.add_sublink(kind, &p.parent, ns, "eth0").await?;
                 k.add_veth(&net.host_link, None, ns, "meta0").await?;
                 k.add_host_route(meta_addr, &net.host_link).await?;
+            }
+        }
+        k.configure_ns(ns, &self.inside(net)).await?;
+        if let Some(script) = nft::add_ports(&self.cfg.table, lease) {
+            let _g = self.nft.lock().await;
+            self.fw.apply(&self.cfg.table, script).await?;
+        }
+        Ok(())
+    }
+
+    /// What the inside of a task's namespace gets: its interfaces' addresses and its routes.
+    fn inside(&self, net: &TaskNetwork) -> NsSetup {
+        let eth0 = |prefix: u8| IfAddr {
+            dev: "eth0".into(),
+            addr: Ipv4Net::new(net.address, prefix).expect("a valid prefix"),
+        };
+        let on_link = |dest: Ipv4Addr, dev: &str, src: Option<Ipv4Addr>| Route {
+            dest: Ipv4Net::from(dest),
+            via: None,
+            dev: dev.into(),
+            src,
+        };
+        let default_via = |gw: Ipv4Addr| Route {
+            dest: Ipv4Net::default(),
+            via: Some(gw),
+            dev: "eth0".into(),
+            src: None,
+        };
+        let meta = self.cfg.metadata_address;
+        match (net.attachment, net.meta_address) {
+            (Attachment::Bridge, _) => NsSetup {
+                addrs: vec![eth0(net.subnet.prefix_len())],
+                routes: vec![default_via(net.gateway)],
+            },
+            (Attachment::Routed, _) => NsSetup {
+                addrs: vec![eth0(32)],
+                routes: vec![on_link(meta, "eth0", None), default_via(meta)],
+            },
+            (Attachment::Macvlan | Attachment::Ipvlan, meta_addr) => {
+                let meta_addr = meta_addr.expect("LAN leases have a metadata address");
                 NsSetup {
                     addrs: vec![
                         eth0(net.subnet.prefix_len()),
@@ -421,13 +458,38 @@ impl<K: Kernel, F: Firewall> Network<K, F> {
                     ],
                 }
             }
-        };
-        k.configure_ns(ns, &setup).await?;
-        if let Some(script) = nft::add_ports(&self.cfg.table, lease) {
-            let _g = self.nft.lock().await;
-            self.fw.apply(&self.cfg.table, script).await?;
         }
-        Ok(())
+    }
+
+    /// Hands a task's network, set up by [`Network::setup`], to a microVM: each interface of
+    /// the task's namespace gets a tap (`tap0`, `tap1`, ...) that its VMM opens from inside the
+    /// namespace, joined to it by tc redirects (as Kata Containers' `tcfilter` mode does), so
+    /// that the guest, given the interface's MAC address, addresses and routes, is on the wire
+    /// where the namespace's interface was: bridge, routed, macvlan and ipvlan alike, port
+    /// mappings and the node's routes unchanged. The taps go with the namespace at teardown.
+    pub async fn attach_vm(&self, net: &TaskNetwork) -> Result<GuestNetwork, NetError> {
+        let NsSetup { addrs, routes } = self.inside(net);
+        let mut nics: Vec<GuestNic> = Vec::new();
+        for a in &addrs {
+            if nics.iter().any(|n| n.name == a.dev) {
+                continue;
+            }
+            let tap = format!("tap{}", nics.len());
+            let mac = self
+                .kernel
+                .add_tap_redirect(&net.netns, &a.dev, &tap)
+                .await?;
+            nics.push(GuestNic {
+                name: a.dev.clone(),
+                tap,
+                mac,
+            });
+        }
+        Ok(GuestNetwork {
+            nics,
+            addrs,
+            routes,
+        })
     }
 
     /// Takes a task's network back: links, namespace, port mappings, held ports, lease.

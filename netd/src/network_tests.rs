@@ -93,6 +93,16 @@ impl Kernel for FakeKernel {
     async fn add_host_route(&self, dest: Ipv4Addr, dev: &str) -> Result<(), KernelError> {
         self.record("route", format!("{dest} {dev}"))
     }
+    async fn add_tap_redirect(
+        &self,
+        ns: &std::path::Path,
+        dev: &str,
+        tap: &str,
+    ) -> Result<[u8; 6], KernelError> {
+        let ns = ns.file_name().unwrap().to_string_lossy();
+        self.record("tap", format!("{ns} {dev}<->{tap}"))?;
+        Ok([2, 0, 0, 0, 0, tap.len() as u8])
+    }
     async fn delete_link(&self, name: &str) -> Result<bool, KernelError> {
         self.record("delete", name.to_owned())?;
         Ok(self.links.lock().unwrap().remove(name))
@@ -332,6 +342,24 @@ async fn awsvpc_routed_and_lan_modes() {
             "configure eth0=192.168.50.100/24,meta0=169.254.172.2/32 | 169.254.170.2/32>@meta0,0.0.0.0/0>192.168.50.1@eth0",
         ]
     );
+
+    // A microVM takes the same network: a tap per interface, the same addresses and routes.
+    let guest = n.attach_vm(&net).await.unwrap();
+    assert_eq!(
+        f.kernel.calls(),
+        [
+            format!("tap {B} eth0<->tap0"),
+            format!("tap {B} meta0<->tap1")
+        ]
+    );
+    let nics: Vec<(&str, &str)> = guest
+        .nics
+        .iter()
+        .map(|n| (n.name.as_str(), n.tap.as_str()))
+        .collect();
+    assert_eq!(nics, [("eth0", "tap0"), ("meta0", "tap1")]);
+    let inside = n.inside(&net);
+    assert_eq!((guest.addrs, guest.routes), (inside.addrs, inside.routes));
 }
 
 #[tokio::test]

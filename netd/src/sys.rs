@@ -1,4 +1,5 @@
-//! netd's one unsafe seam: libnftables, the library behind the `nft` command, loaded at run time.
+//! netd's unsafe seam: libnftables, the library behind the `nft` command, loaded at run time;
+//! and the tun driver's ioctls, which have no netlink equivalent, for a microVM's tap.
 //!
 //! Running `nft` per change costs a process start and library loading (~3 ms), and its netlink
 //! socket's close waits for an RCU grace period after deletions (~10 ms); one context kept open
@@ -8,6 +9,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::os::fd::AsRawFd;
 
 type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
 type CtxFree = unsafe extern "C" fn(*mut c_void);
@@ -100,4 +102,37 @@ impl Drop for Libnftables {
         // library that `free` points into is still loaded (`_lib` is dropped after this).
         unsafe { (self.free)(self.ctx) };
     }
+}
+
+/// Makes a persistent tap device `name` in the calling thread's network namespace: it outlives
+/// this call (and any VMM that attaches to it by name later) until it is deleted or its
+/// namespace goes. Without packet information, so a VMM may add its virtio-net header.
+pub fn make_persistent_tap(name: &str) -> std::io::Result<()> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not an interface name"),
+        ));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // SAFETY: `ifreq` is plain old data, valid all zeros.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads (and writes back the name into) the `ifreq` it points to, which
+    // lives across the call; the name is NUL-terminated (shorter than IFNAMSIZ, zeroed).
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: TUNSETPERSIST takes its argument by value; the fd is the tun file attached above.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -292,6 +292,25 @@ fn bridge_port_mappings_nat_and_routed_awsvpc_with_real_traffic() {
                 .unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
         });
+        // Handed to a microVM: C's eth0 is joined to a tap both ways, and its namespace's own
+        // stack no longer answers (with no VMM on the tap, nothing does).
+        let guest = net.attach_vm(&c).await.unwrap();
+        assert_eq!(guest.nics.len(), 1);
+        assert_eq!(
+            (guest.nics[0].name.as_str(), guest.nics[0].tap.as_str()),
+            ("eth0", "tap0")
+        );
+        let mac = guest.nics[0].mac.map(|b| format!("{b:02x}")).join(":");
+        assert!(sh(&nc, "ip -o link show eth0").contains(&mac));
+        for (dev, to) in [("eth0", "tap0"), ("tap0", "eth0")] {
+            let f = sh(&nc, &format!("tc filter show dev {dev} ingress"));
+            assert!(f.contains("protocol all"), "{f}");
+            assert!(
+                f.contains(&format!("Egress Redirect to device {to}")),
+                "{f}"
+            );
+        }
+        assert!(cannot_reach(&lan, "10.124.0.1:80"));
         // Teardown leaves nothing.
         for t in [A, B, C] {
             net.teardown(t).await.unwrap();
