@@ -182,16 +182,16 @@ fn node_supports(def: &TaskDefinition, net: &Networking, vm: &VmSupport) -> Resu
 }
 
 /// What a microVM task needs beyond a container task: the node's VM support, and what the
-/// VM can give (its network mode and volumes: the guest reaches none of the node's).
+/// VM can give (not the node's network namespace, nor its volumes: the guest reaches neither).
 fn vm_supports(def: &TaskDefinition, vm: &VmSupport) -> Result<(), String> {
     vm.ready().map_err(|why| {
         format!("requiresCompatibilities FARGATE asks for microVM isolation, unavailable on this node: {why}")
     })?;
-    if def.network_mode() != NetworkMode::None {
-        return Err(format!(
-            "networkMode {}: microVM tasks run with networkMode none on this node (task networking for VMs is not built yet)",
-            def.network_mode().as_str()
-        ));
+    if def.network_mode() == NetworkMode::Host {
+        return Err(
+            "networkMode host: a microVM task has a kernel and a network of its own; use awsvpc, bridge or none"
+                .into(),
+        );
     }
     if let Some(v) = def.volumes.first() {
         return Err(format!(

@@ -398,11 +398,25 @@ pub async fn provision(
         })?;
         write_bundle(&files, &spec)?;
         if in_vm {
+            // No bind mounts into a guest: the files are copied into the disk's tree instead.
+            for (src, name) in [(&etc.hosts, "hosts"), (&etc.resolv_conf, "resolv.conf")] {
+                let text = std::fs::read(src).map_err(io("read", src))?;
+                write_in_root(&rootfs.path, "etc", name, &text).map_err(io(
+                    "write /etc file into",
+                    &rootfs.path.join("etc").join(name),
+                ))?;
+            }
             disks.push((vm::disk_serial(index), rootfs.path.clone(), c.name.clone()));
         }
     }
     if in_vm {
-        rec.vm = Some(boot_vm(host, rec, task_dir, &cgroup, disks).await?);
+        let network = match (&rec.network, &host.net) {
+            (Some(n), Networking::Ready(net)) => {
+                Some(vm::VmNetwork::of(&n.netns, &net.attach_vm(n).await?))
+            }
+            _ => None,
+        };
+        rec.vm = Some(boot_vm(host, rec, task_dir, &cgroup, disks, network).await?);
     }
     Ok(())
 }
@@ -415,6 +429,7 @@ async fn boot_vm(
     task_dir: &Path,
     cgroup: &TaskCgroup,
     rootfs: Vec<(String, PathBuf, String)>,
+    network: Option<vm::VmNetwork>,
 ) -> Result<VmRecord, ProvisionError> {
     let vmh = host
         .vm
@@ -438,6 +453,7 @@ async fn boot_vm(
         memory_mib,
         disks,
         boot_timeout_ms: vmh.config.boot_timeout.as_millis() as u64,
+        network,
     };
     let spec_path = dir.spec();
     std::fs::write(
@@ -597,6 +613,44 @@ fn read_in_root(root: &Path, rel: &str) -> String {
         std::io::read_to_string(std::fs::File::from(fd))
     };
     read().unwrap_or_default()
+}
+
+/// Writes `dir/name` inside a container root filesystem, resolving `dir` within it (an image's
+/// `/etc -> /host/etc` must not lead out) and replacing whatever `name` was (a symlink too).
+fn write_in_root(root: &Path, dir: &str, name: &str, content: &[u8]) -> std::io::Result<()> {
+    let rootfd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let open_dir = || {
+        rustix::fs::openat2(
+            rootfd.as_fd(),
+            dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        )
+    };
+    let dirfd = match open_dir() {
+        Err(rustix::io::Errno::NOENT) => {
+            rustix::fs::mkdirat(rootfd.as_fd(), dir, Mode::from_raw_mode(0o755))?;
+            open_dir()?
+        }
+        other => other?,
+    };
+    match rustix::fs::unlinkat(dirfd.as_fd(), name, rustix::fs::AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = rustix::fs::openat(
+        dirfd.as_fd(),
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
+    std::io::Write::write_all(&mut std::fs::File::from(fd), content)
 }
 
 /// `environmentFiles`, read from the node.
@@ -789,5 +843,43 @@ pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
     vm::remove_disks(&VmDir::of(task_dir));
     if let Err(e) = cg.remove() {
         tracing::warn!(task = %rec.task_id, error = %e, "removing task cgroup");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_written_inside_the_root_whatever_its_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, outside) = (t.path().join("root"), t.path().join("outside"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // /etc missing: made.
+        write_in_root(&root, "etc", "hosts", b"127.0.0.1 localhost\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/hosts")).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        assert_eq!(read_in_root(&root, "etc/hosts"), "127.0.0.1 localhost\n");
+        // /etc/resolv.conf a symlink out of the root: replaced, the target untouched.
+        std::fs::write(outside.join("resolv.conf"), "keep").unwrap();
+        std::os::unix::fs::symlink(outside.join("resolv.conf"), root.join("etc/resolv.conf"))
+            .unwrap();
+        write_in_root(&root, "etc", "resolv.conf", b"nameserver 10.0.0.2\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(outside.join("resolv.conf")).unwrap(),
+            "keep"
+        );
+        assert!(!root.join("etc/resolv.conf").is_symlink());
+        // /etc itself an absolute symlink: resolved inside the root.
+        std::fs::remove_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+        let inner = root.join(outside.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inner).unwrap();
+        write_in_root(&root, "etc", "hosts", b"x").unwrap();
+        assert_eq!(std::fs::read_to_string(inner.join("hosts")).unwrap(), "x");
+        assert!(!outside.join("hosts").exists());
     }
 }

@@ -104,6 +104,7 @@ fn spec(kernel: &Path, initrd: &Path, accel: &str) -> vm::VmSpec {
         memory_mib: 256,
         disks: Vec::new(),
         boot_timeout_ms: 120_000,
+        network: None,
     }
 }
 

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use skiff_tests::ecs::until;
-use skiff_tests::{Apid, BUSYBOX, ControlNet, Skiffd, privileged, workspace_bin};
+use skiff_tests::{
+    Apid, BUSYBOX, ControlNet, Lan, Skiffd, get, privileged, serve_peer, workspace_bin,
+};
 
 /// The kernel and initramfs, made once per test process.
 fn assets() -> &'static (PathBuf, PathBuf, tempfile::TempDir) {
@@ -170,20 +172,101 @@ fn fargate_tasks_run_in_a_microvm_of_their_own() {
     assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
 
     // What a VM cannot do here is refused at once, naming why, leaving nothing.
-    let bridge =
-        fargate(256, &[r#""name":"a","command":["true"]"#]).replace("\"none\"", "\"bridge\"");
-    let file = n.dir.path().join("bridge.json");
-    std::fs::write(&file, bridge).unwrap();
+    let host = fargate(256, &[r#""name":"a","command":["true"]"#]).replace("\"none\"", "\"host\"");
+    let file = n.dir.path().join("host.json");
+    std::fs::write(&file, host).unwrap();
     let out = n
         .cmd(&["task", "run", "-f", file.to_str().unwrap()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("networkMode bridge"),
+        !out.status.success() && err.contains("networkMode host"),
         "{err}"
     );
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn microvm_tasks_are_on_the_task_network() {
+    if !privileged("microvm_tasks_are_on_the_task_network") {
+        return;
+    }
+    // The node of tests/network.rs: a bridge, routed awsvpc addresses, and a LAN on its uplink.
+    let n = Skiffd::start(&format!(
+        "{}[network]\nbridge_subnet = \"10.200.0.0/24\"\n[network.awsvpc]\nmode = \"routed\"\nsubnet = \"10.201.0.0/24\"\n",
+        vm_config()
+    ));
+    let lan = Lan::attach(&n);
+    serve_peer(&lan.ns, 9000);
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    // A web server in the guest whose page is the guest's boot id.
+    let web = |mode: &str, port: &str| {
+        fargate(
+            256,
+            &[&format!(
+                r#""name":"web","command":["sh","-c","mkdir -p /www && cat /proc/sys/kernel/random/boot_id > /www/index.html && exec httpd -f -p 80 -h /www"],"stopTimeout":2,"portMappings":[{port}]"#
+            )],
+        )
+        .replace("\"none\"", &format!("\"{mode}\""))
+    };
+    let page = |to: &str| {
+        until(60, &format!("the guest's page at {to}"), || {
+            get(&lan.ns, to).ok()
+        })
+    };
+
+    // awsvpc: the VM is at the task's own address, from the LAN, and its egress keeps it.
+    let a = n.run_def(&web("awsvpc", r#"{"containerPort":80}"#), false);
+    let rec = n.describe(&a);
+    let ip = rec["containers"][0]["networkInterfaces"][0]["privateIpv4Address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address: {rec:#}"))
+        .to_owned();
+    assert!(ip.starts_with("10.201.0."), "{rec:#}");
+    let boot_a = page(&format!("{ip}:80"));
+    assert_eq!(boot_a.len(), 36, "{boot_a}");
+    assert_ne!(boot_a, host_boot.trim(), "served by the guest");
+    let sh = |id: &str, script: &str| n.ok(&["exec", id, "web", "--", "sh", "-c", script]);
+    assert_eq!(sh(&a, "wget -qO- http://192.168.77.2:9000/").trim(), ip);
+    // The task metadata endpoint, through the guest's route to it, knows the task.
+    let meta = sh(&a, "wget -qO- $ECS_CONTAINER_METADATA_URI_V4/task");
+    assert!(meta.contains(&a), "{meta}");
+    // The guest's interface is the namespace's: its name, MAC address and address.
+    let ns = rec["network"]["netns"].as_str().unwrap();
+    let ns_link = skiff_tests::ns_sh(std::path::Path::new(ns), "ip -o link show eth0");
+    let guest_mac = sh(&a, "cat /sys/class/net/eth0/address");
+    assert!(
+        ns_link.contains(&format!("link/ether {}", guest_mac.trim())),
+        "{ns_link} / {guest_mac}"
+    );
+    assert!(sh(&a, "ip -4 addr show eth0").contains(&format!("{ip}/32")));
+
+    // bridge: a host port of the node maps to the VM.
+    let b = n.run_def(
+        &web("bridge", r#"{"containerPort":80,"hostPort":8080}"#),
+        false,
+    );
+    let boot_b = page("192.168.77.1:8080");
+    assert_ne!(boot_b, boot_a, "another VM");
+    assert_eq!(
+        sh(&b, "wget -qO- http://192.168.77.2:9000/").trim(),
+        "192.168.77.1",
+        "NAT'd"
+    );
+    // The two VMs reach each other: bridge task to the awsvpc task's address.
+    assert_eq!(sh(&b, &format!("wget -qO- http://{ip}/")).trim(), boot_a);
+
+    for id in [&a, &b] {
+        n.ok(&["task", "stop", id]);
+        n.wait_stopped(id);
+    }
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    assert!(
+        get(&lan.ns, "192.168.77.1:8080").is_err(),
+        "the mapping went with the task"
+    );
 }
 
 #[test]

@@ -3,12 +3,11 @@
 //! stand-in "LAN"/"other host" namespace made by the test, and the node itself. No traffic
 //! leaves the namespaces the test made.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use skiff_tests::{BUSYBOX, Skiffd, in_netns, ns_sh, privileged};
+use skiff_tests::{BUSYBOX, Lan, Skiffd, get, in_netns, privileged, serve_peer};
 
 fn bb(name: &str, extra: &str) -> String {
     format!(r#"{{"name":"{name}","image":"{BUSYBOX}",{extra}}}"#)
@@ -22,71 +21,6 @@ fn web(name: &str, text: &str, listen: &str, extra: &str) -> String {
             r#""command":["sh","-c","mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p {listen} -h /www"],"stopTimeout":2{extra}"#
         ),
     )
-}
-
-/// The LAN: a namespace on the other end of the node's uplink (`uplink0`, 192.168.77.1/24; the
-/// LAN is .2), routing the awsvpc subnet to the node.
-struct Lan {
-    ns: PathBuf,
-}
-
-impl Lan {
-    fn attach(d: &Skiffd) -> Self {
-        let ns = d.dir.path().join("lan.netns");
-        skiff_netd::nsfs::bind_new(nix::sched::CloneFlags::CLONE_NEWNET, &ns).unwrap();
-        d.sh(&format!(
-            "ip link add uplink0 type veth peer name lan0 netns {} && ip addr add 192.168.77.1/24 dev uplink0 && ip link set uplink0 up",
-            ns.display()
-        ));
-        ns_sh(
-            &ns,
-            "ip link set lo up && ip addr add 192.168.77.2/24 dev lan0 && ip link set lan0 up && ip route add 10.201.0.0/24 via 192.168.77.1",
-        );
-        Self { ns }
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        skiff_netd::nsfs::unbind(&self.ns);
-    }
-}
-
-/// GET / at `to` from namespace `ns`: the body, or the error.
-fn get(ns: &Path, to: &str) -> Result<String, String> {
-    let to: SocketAddr = to.parse().unwrap();
-    in_netns(ns, move || {
-        let mut s =
-            TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-        Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
-    })
-}
-
-/// A TCP server in `ns` on `port` answering each connection with the peer's address.
-fn serve_peer(ns: &Path, port: u16) {
-    let l = in_netns(ns, move || TcpListener::bind(("0.0.0.0", port)).unwrap());
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let peer = s.peer_addr().unwrap().ip().to_string();
-            // Read the request first: closing a socket with unread data resets the connection,
-            // and the client may then lose the answer.
-            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match std::io::Read::read(&mut s, &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = s.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{peer}\n").as_bytes());
-        }
-    });
 }
 
 fn logs(d: &Skiffd, id: &str, container: &str) -> String {

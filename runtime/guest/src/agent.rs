@@ -4,8 +4,8 @@
 //! as modules (listed in load order in `/lib/modules/load-order` by the initramfs builder),
 //! finds its virtio-serial port by name, and says [`Message::Ready`]. Then it runs what the
 //! host asks: each process in its container's root filesystem (a virtio-blk disk, found by its
-//! serial and mounted on first use), in a mount namespace of its own with a private /dev and
-//! /proc, as the container's user, its stdout and stderr relayed as frames; it reaps every
+//! serial and mounted on first use), in a mount namespace of its own with a private /dev,
+//! /proc and a read-only /sys, as the container's user, its stdout and stderr relayed as frames; it reaps every
 //! process (it is init), reports exits after their output, and powers the VM off on
 //! [`Message::Shutdown`] or when the host goes away.
 //!
@@ -38,6 +38,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, sync};
 
+use crate::net;
 use crate::proto::{Frame, Message, PORT_NAME, Process, Stream, VERSION, read_frame, write_frame};
 use crate::sys::{Confinement, DEVICES, confine};
 
@@ -109,6 +110,18 @@ fn serve(mut agent: Agent, mut reader: File) -> Result<(), AgentError> {
             // The host closed its end: nothing will be asked any more.
             None => return Ok(()),
             Some(Frame::Message(Message::Shutdown)) => return Ok(()),
+            Some(Frame::Message(Message::Configure { network })) => {
+                let nic = |mac: &[u8; 6]| {
+                    wait_for(&net::mac_string(mac), || {
+                        net::find_nic(Path::new("/sys"), mac)
+                    })
+                    .ok()
+                };
+                let error = net::configure(&network, nic).err().map(|e| e.to_string());
+                agent
+                    .shared
+                    .send(&Frame::Message(Message::Configured { error }));
+            }
             Some(Frame::Message(Message::Start(p))) => agent.start(p),
             Some(Frame::Message(Message::Signal { id, signal })) => agent.signal(&id, signal),
             Some(other) => eprintln!("skiff-agent: ignoring {other:?}"),
@@ -320,6 +333,15 @@ impl Agent {
             Some("noinit_itable"),
         )
         .map_err(|e| format!("mounting {} ({serial}): {e}", dev.display()))?;
+        // Mount points of the kernel filesystems each process gets, made as OCI runtimes make
+        // them when an image lacks them (a symlink among them can only lead elsewhere in this
+        // VM, the task's own).
+        for d in ["dev", "proc", "sys"] {
+            let p = root.join(d);
+            if std::fs::symlink_metadata(&p).is_err() {
+                std::fs::create_dir(&p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+            }
+        }
         self.disks.insert(serial.to_owned(), root.clone());
         Ok(root)
     }
@@ -344,6 +366,7 @@ impl Agent {
             root: cstr(&root)?,
             dev: cstr(&root.join("dev"))?,
             proc: cstr(&root.join("proc"))?,
+            sys: cstr(&root.join("sys"))?,
             devices: DEVICES
                 .iter()
                 .map(|(n, maj, min)| Ok((cstr(&root.join("dev").join(n))?, *maj, *min)))

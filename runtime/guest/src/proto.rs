@@ -11,6 +11,7 @@
 //! unique within the VM.
 
 use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,54 @@ pub struct Process {
     pub additional_gids: Vec<u32>,
 }
 
+/// An IPv4 address with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cidr {
+    /// The address.
+    pub address: Ipv4Addr,
+    /// The prefix length.
+    pub prefix_len: u8,
+}
+
+/// A network interface of the guest: one of the task namespace's, whose MAC address it has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interface {
+    /// The MAC address the VMM gave the device (how the agent finds it).
+    pub mac: [u8; 6],
+    /// The name it gets (`eth0`, `meta0`).
+    pub name: String,
+    /// Its addresses.
+    pub addresses: Vec<Cidr>,
+}
+
+/// A route of the guest's main table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteConfig {
+    /// The destination.
+    pub destination: Cidr,
+    /// The next hop; none: on-link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Ipv4Addr>,
+    /// The interface, by its given name.
+    pub dev: String,
+    /// The preferred source address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Ipv4Addr>,
+}
+
+/// The guest's network: the task namespace's, interface for interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    /// The interfaces (loopback is always brought up).
+    pub interfaces: Vec<Interface>,
+    /// The routes, added in order after the addresses.
+    pub routes: Vec<RouteConfig>,
+}
+
 /// A control message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
@@ -61,6 +110,17 @@ pub enum Message {
         version: u32,
         /// The guest kernel's uptime when the agent was ready.
         uptime_ms: u64,
+    },
+    /// Host → agent, once after `ready` and before any process: the guest's network.
+    Configure {
+        /// The interfaces and routes.
+        network: NetworkConfig,
+    },
+    /// Agent → host: the answer to `configure`.
+    Configured {
+        /// What could not be set up, if anything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// Host → agent: start a process.
     Start(Process),
@@ -111,7 +171,10 @@ impl Message {
             | Self::Failed { id, .. }
             | Self::Signal { id, .. }
             | Self::Exited { id, .. } => Some(id),
-            Self::Ready { .. } | Self::Shutdown => None,
+            Self::Ready { .. }
+            | Self::Configure { .. }
+            | Self::Configured { .. }
+            | Self::Shutdown => None,
         }
     }
 }
@@ -282,6 +345,36 @@ mod tests {
             gid: 1000,
             additional_gids: vec![50],
         })));
+        let cidr = |a: [u8; 4], prefix_len| Cidr {
+            address: a.into(),
+            prefix_len,
+        };
+        roundtrip(Frame::Message(Message::Configure {
+            network: NetworkConfig {
+                interfaces: vec![Interface {
+                    mac: [2, 0, 0, 0, 0, 1],
+                    name: "eth0".into(),
+                    addresses: vec![cidr([10, 0, 0, 2], 32)],
+                }],
+                routes: vec![
+                    RouteConfig {
+                        destination: cidr([169, 254, 170, 2], 32),
+                        via: None,
+                        dev: "eth0".into(),
+                        source: Some([10, 0, 0, 2].into()),
+                    },
+                    RouteConfig {
+                        destination: cidr([0, 0, 0, 0], 0),
+                        via: Some([169, 254, 170, 2].into()),
+                        dev: "eth0".into(),
+                        source: None,
+                    },
+                ],
+            },
+        }));
+        roundtrip(Frame::Message(Message::Configured {
+            error: Some("no interface 02:00:00:00:00:01".into()),
+        }));
         roundtrip(Frame::Message(Message::Exited {
             id: "x".into(),
             exit_code: 137,

@@ -20,6 +20,8 @@ pub struct Confinement {
     pub dev: CString,
     /// `root/proc`, where its procfs is mounted.
     pub proc: CString,
+    /// `root/sys`, where sysfs is mounted read-only.
+    pub sys: CString,
     /// `root/dev/<name>` of each standard device, with its major and minor.
     pub devices: Vec<(CString, u64, u64)>,
     /// Working directory inside the root.
@@ -44,7 +46,7 @@ pub const DEVICES: [(&str, u64, u64); 6] = [
 
 /// Makes `cmd`'s child, before it execs: the leader of a new session (so that a signal reaches
 /// its process group), in a mount namespace of its own where its root is `c.root` with a
-/// private /dev and /proc, in `c.cwd`, as `c.uid`/`c.gid`.
+/// private /dev and /proc and a read-only /sys, in `c.cwd`, as `c.uid`/`c.gid`.
 pub fn confine(cmd: &mut Command, c: Confinement) {
     let groups: Vec<Gid> = c.groups.iter().copied().map(Gid::from_raw).collect();
     let run = move || -> nix::Result<()> {
@@ -82,6 +84,14 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
             c.proc.as_c_str(),
             Some("proc"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        );
+        // Read-only, as OCI runtimes mount it: the guest's devices, its network's among them.
+        let _ = mount(
+            Some("sysfs"),
+            c.sys.as_c_str(),
+            Some("sysfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             None::<&str>,
         );
         chroot(c.root.as_c_str())?;

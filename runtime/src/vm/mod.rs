@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use skiff_guest::proto::{Cidr, Interface, NetworkConfig, RouteConfig};
 
 /// The node attribute that says this node runs microVM tasks (as `ecs.capability.*` do).
 pub const CAPABILITY_ATTRIBUTE: &str = "ecs.capability.skiff.microvm";
@@ -297,6 +298,62 @@ pub struct VmSpec {
     pub disks: Vec<(String, PathBuf)>,
     /// How long to wait for the agent.
     pub boot_timeout_ms: u64,
+    /// The task's network, if it has one of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<VmNetwork>,
+}
+
+/// A VM's share of its task's network: the VMM runs in the task's network namespace, where a
+/// tap stands in for each of its interfaces (netd's `attach_vm`); the guest takes the
+/// interfaces' MAC addresses, names, addresses and routes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmNetwork {
+    /// The task's network namespace.
+    pub netns: PathBuf,
+    /// The tap of each of `guest.interfaces`, in the same order.
+    pub taps: Vec<String>,
+    /// What the agent sets up.
+    pub guest: NetworkConfig,
+}
+
+impl VmNetwork {
+    /// The VM's network from what netd attached in namespace `netns`.
+    pub fn of(netns: &Path, g: &skiff_netd::GuestNetwork) -> Self {
+        let cidr = |address, prefix_len| Cidr {
+            address,
+            prefix_len,
+        };
+        let interfaces = g
+            .nics
+            .iter()
+            .map(|n| Interface {
+                mac: n.mac,
+                name: n.name.clone(),
+                addresses: g
+                    .addrs
+                    .iter()
+                    .filter(|a| a.dev == n.name)
+                    .map(|a| cidr(a.addr.addr(), a.addr.prefix_len()))
+                    .collect(),
+            })
+            .collect();
+        let routes = g
+            .routes
+            .iter()
+            .map(|r| RouteConfig {
+                destination: cidr(r.dest.addr(), r.dest.prefix_len()),
+                via: r.via,
+                dev: r.dev.clone(),
+                source: r.src,
+            })
+            .collect();
+        Self {
+            netns: netns.to_owned(),
+            taps: g.nics.iter().map(|n| n.tap.clone()).collect(),
+            guest: NetworkConfig { interfaces, routes },
+        }
+    }
 }
 
 /// A VM's files, in its task's directory.
@@ -407,6 +464,24 @@ impl Vmm for Qemu {
                     &format!("virtio-blk-device,drive=d{i},serial={serial}"),
                 ]);
         }
+        // The taps are opened by name in the task's namespace, where the VM shim starts QEMU.
+        // vhost-net off: the in-kernel data path needs /dev/vhost-net handed to QEMU, and gains
+        // a TCG guest nothing (on KVM hosts it is the next step for throughput).
+        let nics = spec
+            .network
+            .iter()
+            .flat_map(|n| n.taps.iter().zip(&n.guest.interfaces));
+        for (i, (tap, nic)) in nics.enumerate() {
+            c.arg("-netdev")
+                .arg(format!(
+                    "tap,id=n{i},ifname={tap},script=no,downscript=no,vhost=off"
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "virtio-net-device,netdev=n{i},mac={}",
+                    skiff_guest::net::mac_string(&nic.mac)
+                ));
+        }
         c.args(["-device", "virtio-serial-device,max_ports=2"])
             .arg("-chardev")
             .arg(format!(
@@ -440,6 +515,18 @@ mod tests {
             memory_mib: 512,
             disks: vec![("c0".into(), "/t/vm/web.ext4".into())],
             boot_timeout_ms: 1000,
+            network: Some(VmNetwork {
+                netns: "/run/skiff/netns/t".into(),
+                taps: vec!["tap0".into()],
+                guest: NetworkConfig {
+                    interfaces: vec![Interface {
+                        mac: [2, 0, 0, 0, 0, 0xab],
+                        name: "eth0".into(),
+                        addresses: Vec::new(),
+                    }],
+                    routes: Vec::new(),
+                },
+            }),
         };
         let c = Qemu.command(&spec, &dir);
         let args: Vec<String> = c
@@ -466,6 +553,10 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("name=skiff.agent"), "{line}");
+        assert!(
+            line.contains("-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:ab"),
+            "{line}"
+        );
         let kvm = Qemu.command(
             &VmSpec {
                 accel: Resolved::Kvm,

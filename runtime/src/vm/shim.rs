@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
-use skiff_guest::proto::{Frame, Message, Process, Stream, read_frame, write_frame};
+use skiff_guest::proto::{Frame, Message, NetworkConfig, Process, Stream, read_frame, write_frame};
 
 use super::{Qemu, VmDir, VmError, VmSpec, Vmm, io};
 use crate::logs::{LogWriter, Rotation};
@@ -59,6 +59,13 @@ pub fn serve(
     let control = listen(dir.control_socket())?;
     // Blocked before any thread starts, so that stop requests reach the signalfd only.
     let signals = stop_requests().map_err(|e| io("block signals in", &dir.0)(e.into()))?;
+    // The VMM opens the task's taps by name: it runs in the task's network namespace (this
+    // process has no other use for a network; its sockets are unix ones, bound already).
+    if let Some(n) = &spec.network {
+        let ns = std::fs::File::open(&n.netns).map_err(io("open", &n.netns))?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io("enter the network namespace", &n.netns)(e.into()))?;
+    }
     let log = dir.0.join("vmm.log");
     let mut cmd = Qemu.command(&spec, dir);
     cmd.stdin(std::process::Stdio::null())
@@ -69,7 +76,13 @@ pub fn serve(
         .spawn()
         .map_err(|e| VmError::Boot(format!("starting {}: {e}", spec.vmm.display())))?;
     let deadline = Instant::now() + Duration::from_millis(spec.boot_timeout_ms);
-    let booted = accept_ready(&agent_listener, &mut vmm, deadline);
+    let network = spec
+        .network
+        .as_ref()
+        .map(|n| n.guest.clone())
+        .unwrap_or_default();
+    let booted = accept_ready(&agent_listener, &mut vmm, deadline)
+        .and_then(|agent| configure(agent, network, deadline));
     let agent = match booted {
         Ok(a) => a,
         Err(why) => {
@@ -201,6 +214,34 @@ fn accept_ready(
                 "no word from the guest agent within the boot timeout ({e})"
             )),
         },
+    }
+}
+
+/// Gives the agent the guest's network and waits for its answer, by `deadline`.
+fn configure(
+    agent: UnixStream,
+    network: NetworkConfig,
+    deadline: Instant,
+) -> Result<UnixStream, String> {
+    let fail = |e: std::io::Error| format!("agent socket: {e}");
+    write_frame(&mut &agent, &Frame::Message(Message::Configure { network })).map_err(fail)?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    agent
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(fail)?;
+    let answer = read_frame(&mut &agent);
+    agent.set_read_timeout(None).map_err(fail)?;
+    match answer {
+        Ok(Some(Frame::Message(Message::Configured { error: None }))) => Ok(agent),
+        Ok(Some(Frame::Message(Message::Configured { error: Some(e) }))) => {
+            Err(format!("the guest's network: {e}"))
+        }
+        Ok(other) => Err(format!(
+            "the guest agent said {other:?} instead of configured"
+        )),
+        Err(e) => Err(format!(
+            "no answer to the guest's network setup within the boot timeout ({e})"
+        )),
     }
 }
 
