@@ -280,6 +280,17 @@ impl Daemon {
                 Networking::Unavailable(e.to_string())
             }
         };
+        let vm = VmSupport::probe(cfg.vm.as_ref())
+            .canary(&shim, &cfg.run_dir.join("vm-canary"))
+            .await;
+        match &vm {
+            VmSupport::Ready(h) => {
+                tracing::info!(accel = ?h.accel, kernel = %h.config.kernel.display(), "microVM tasks available")
+            }
+            VmSupport::Unavailable(why) => {
+                tracing::info!(reason = %why, "microVM tasks unavailable")
+            }
+        }
         let host = Arc::new(Host {
             images: Images::new(store, images_cfg),
             layout: Layout::detect(Path::new(CGROUP_ROOT)),
@@ -297,18 +308,7 @@ impl Daemon {
             init_binary: cfg.init_binary.clone(),
             net,
             net_config: cfg.network.clone(),
-            vm: {
-                let vm = VmSupport::probe(cfg.vm.as_ref());
-                match &vm {
-                    VmSupport::Ready(h) => {
-                        tracing::info!(accel = ?h.accel, kernel = %h.config.kernel.display(), "microVM tasks available")
-                    }
-                    VmSupport::Unavailable(why) => {
-                        tracing::info!(reason = %why, "microVM tasks unavailable")
-                    }
-                }
-                vm
-            },
+            vm,
         });
         let records = Records::open(&cfg.tasks_dir())?;
         let daemon = Self {

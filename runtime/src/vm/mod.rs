@@ -229,6 +229,37 @@ impl VmSupport {
         })
     }
 
+    /// Boots a canary when the accelerator is KVM: the node's kernel and initramfs, without
+    /// disks or network, through `skiff-shim vm` (the path every task VM takes) in scratch
+    /// directory `dir`, until its agent is ready. A /dev/kvm that opens is not one that runs
+    /// guests (a nested hypervisor may not run stock kernels, as on the machine Skiff is
+    /// developed on): a node that cannot boot one reports no microVM capability, so that its
+    /// FARGATE tasks are refused at placement rather than started to hang. TCG, chosen by
+    /// configuration only, is not checked.
+    pub async fn canary(self, shim: &Path, dir: &Path) -> Self {
+        let Self::Ready(h) = &self else {
+            return self;
+        };
+        if h.accel != Resolved::Kvm {
+            return self;
+        }
+        let started = std::time::Instant::now();
+        let booted = boot_canary(h, shim, dir).await;
+        let _ = std::fs::remove_dir_all(dir);
+        match booted {
+            Ok(()) => {
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "a canary VM booted on KVM"
+                );
+                self
+            }
+            Err(why) => Self::Unavailable(format!(
+                "/dev/kvm opens but a canary guest did not boot on it ({why}); vm.accel = \"tcg\" emulates, slowly"
+            )),
+        }
+    }
+
     /// The VM settings when ready, else why not.
     pub fn ready(&self) -> Result<&VmHost, &str> {
         match self {
@@ -236,6 +267,68 @@ impl VmSupport {
             Self::Unavailable(why) => Err(why),
         }
     }
+}
+
+/// How long a canary VM may take to boot before KVM is deemed unusable (on KVM a guest is up
+/// within a second).
+const CANARY_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn boot_canary(h: &VmHost, shim: &Path, dir: &Path) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let spec = VmSpec {
+        vmm: h.config.qemu.clone(),
+        kernel: h.config.kernel.clone(),
+        initrd: h.config.initrd.clone(),
+        accel: h.accel,
+        cpus: 1,
+        memory_mib: MIN_MEMORY_MIB,
+        disks: Vec::new(),
+        boot_timeout_ms: CANARY_TIMEOUT.as_millis() as u64,
+        network: None,
+    };
+    let vm = VmDir(dir.to_owned());
+    std::fs::write(
+        vm.spec(),
+        serde_json::to_vec(&spec).expect("a spec serializes"),
+    )
+    .map_err(|e| format!("writing {}: {e}", vm.spec().display()))?;
+    let log = dir.join("shim.log");
+    let mut child = tokio::process::Command::new(shim)
+        .arg("vm")
+        .arg("--dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(
+            std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?,
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", shim.display()))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = tokio::io::BufReader::new(out).read_line(&mut line).await;
+    }
+    let ready = line.starts_with("ready ");
+    if ready && let Some(pid) = child.id() {
+        // Powered off as a task's VM is at its end.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = child.wait().await;
+    if ready {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    Err(text
+        .lines()
+        .last()
+        .unwrap_or("skiff-shim vm exited")
+        .to_owned())
 }
 
 /// The host CPU's frequency in kHz, from /proc/cpuinfo (2 GHz when it does not say).
