@@ -26,7 +26,9 @@ pub use skiff_runtime::protocol::{
 };
 use sqlx::Row;
 
-use crate::ecs::{Api, now};
+use skiff_runtime::protocol::NODE_CAPABILITY_PREFIX;
+
+use crate::ecs::{Api, Attribute, now};
 
 /// Errors of the node side.
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +353,58 @@ impl Api {
             .collect())
     }
 
+    /// Replaces the capabilities `instance` reported before with `caps` (see
+    /// `SyncRequest::capabilities`); the operator's attributes stay. Written only when they
+    /// changed, so that a node's restart does not disturb placement caches.
+    async fn refresh_capabilities(&self, instance: &str, caps: &[String]) -> Result<(), NodeError> {
+        if let Some(c) = caps.iter().find(|c| !c.starts_with(NODE_CAPABILITY_PREFIX)) {
+            return Err(NodeError::Invalid(format!(
+                "capabilities: {c} does not start with {NODE_CAPABILITY_PREFIX}"
+            )));
+        }
+        let store = |source| NodeError::Store {
+            instance: instance.to_owned(),
+            source,
+        };
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT attributes FROM container_instances WHERE id = $1")
+                .bind(instance)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(store)?;
+        let Some((text,)) = row else {
+            return Ok(());
+        };
+        let before: Vec<Attribute> = serde_json::from_str(&text).unwrap_or_default();
+        let mut after: Vec<Attribute> = before
+            .iter()
+            .filter(|a| !a.name.starts_with(NODE_CAPABILITY_PREFIX))
+            .cloned()
+            .collect();
+        after.extend(caps.iter().map(|c| Attribute {
+            name: c.clone(),
+            value: None,
+            target_type: None,
+            target_id: None,
+        }));
+        let names = |v: &[Attribute]| -> std::collections::BTreeSet<(String, Option<String>)> {
+            v.iter()
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect()
+        };
+        if names(&before) == names(&after) {
+            return Ok(());
+        }
+        tracing::info!(instance, ?caps, "the node's capabilities changed");
+        sqlx::query("UPDATE container_instances SET attributes = $1 WHERE id = $2")
+            .bind(serde_json::to_string(&after).expect("attributes serialize"))
+            .bind(instance)
+            .execute(self.pool())
+            .await
+            .map_err(store)?;
+        Ok(())
+    }
+
     /// One sync of `instance` (see the module documentation).
     pub async fn sync(&self, instance: &str, r: SyncRequest) -> Result<SyncResponse, NodeError> {
         if r.events.windows(2).any(|w| w[0].seq >= w[1].seq) {
@@ -359,6 +413,9 @@ impl Api {
             ));
         }
         self.instance_status(instance).await?;
+        if let Some(caps) = &r.capabilities {
+            self.refresh_capabilities(instance, caps).await?;
+        }
         let mut wake = self.subscribe();
         let acked_seq = self.apply_events(instance, &r.events).await?;
         let heartbeat = self.config().heartbeat_seconds;

@@ -78,6 +78,7 @@ async fn a_node_gets_its_tasks_and_reports_them_once(store: Store) {
                 version: s.version,
                 events: evs.clone(),
                 wait_seconds: 0,
+                ..Default::default()
             },
         )
         .await
@@ -95,6 +96,7 @@ async fn a_node_gets_its_tasks_and_reports_them_once(store: Store) {
                 version: s.version,
                 events: evs,
                 wait_seconds: 0,
+                ..Default::default()
             },
         )
         .await
@@ -112,6 +114,7 @@ async fn a_node_gets_its_tasks_and_reports_them_once(store: Store) {
             version: s.version,
             events: vec![event(3, &t.task_id, "PENDING")],
             wait_seconds: 0,
+            ..Default::default()
         },
     )
     .await
@@ -127,6 +130,7 @@ async fn a_node_gets_its_tasks_and_reports_them_once(store: Store) {
                     event(8, &t.task_id, "RUNNING"),
                 ],
                 wait_seconds: 0,
+                ..Default::default()
             },
         )
         .await
@@ -152,6 +156,7 @@ async fn a_node_gets_its_tasks_and_reports_them_once(store: Store) {
             version: s.version,
             events: vec![event(4, &foreign, "STOPPED")],
             wait_seconds: 0,
+            ..Default::default()
         },
     )
     .await
@@ -166,6 +171,7 @@ async fn a_node_gets_its_tasks_and_reports_them_once(store: Store) {
                 version: s.version,
                 events: vec![event(5, &t.task_id, "STOPPED")],
                 wait_seconds: 0,
+                ..Default::default()
             },
         )
         .await
@@ -193,6 +199,7 @@ async fn a_long_poll_wakes_on_a_change_and_deregistration_ends_syncs(store: Stor
                 version: s.version,
                 events: vec![],
                 wait_seconds: 1,
+                ..Default::default()
             },
         )
         .await
@@ -209,6 +216,7 @@ async fn a_long_poll_wakes_on_a_change_and_deregistration_ends_syncs(store: Stor
                     version: s.version,
                     events: vec![],
                     wait_seconds: 15,
+                    ..Default::default()
                 },
             )
             .await
@@ -301,7 +309,7 @@ async fn placement_sees_what_a_stop_frees_and_a_drain_takes(store: Store) {
         SyncRequest {
             version: s.version,
             events: vec![ev],
-            wait_seconds: 0,
+            ..Default::default()
         },
     )
     .await
@@ -321,7 +329,70 @@ async fn placement_sees_what_a_stop_frees_and_a_drain_takes(store: Store) {
     assert!(e.to_string().contains("No Container Instances"), "{e}");
 }
 
+async fn a_node_replaces_its_capabilities_when_it_starts(store: Store) {
+    let api = Api::new(store, ApidConfig::default());
+    let ids = fleet(&api, &["x86_64"]).await;
+    let node = &ids[0];
+    call(&api, "PutAttributes", json!({"cluster": "edge", "attributes": [{"name": "site", "value": "lab", "targetId": node}]}))
+        .await
+        .unwrap();
+    let names = async || -> Vec<String> {
+        let l = call(
+            &api,
+            "ListAttributes",
+            json!({"cluster": "edge", "targetType": "container-instance"}),
+        )
+        .await
+        .unwrap();
+        let mut n: Vec<String> = l["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .filter(|n| !n.starts_with("ecs.") || n.starts_with(NODE_CAPABILITY_PREFIX))
+            .collect();
+        n.sort();
+        n
+    };
+    let fargate = json!({"family": "vm", "requiresCompatibilities": ["FARGATE"], "networkMode": "awsvpc", "cpu": "256", "memory": "256",
+        "containerDefinitions": [{"name": "a", "image": "busybox"}]});
+    call(&api, "RegisterTaskDefinition", fargate).await.unwrap();
+    let sync = async |caps: Option<Vec<&str>>| {
+        api.sync(
+            node,
+            SyncRequest {
+                capabilities: caps.map(|c| c.into_iter().map(str::to_owned).collect()),
+                ..Default::default()
+            },
+        )
+        .await
+    };
+    // VMs configured after registration: reported at the next start, then placed on.
+    sync(Some(vec!["ecs.capability.skiff.microvm"]))
+        .await
+        .unwrap();
+    assert_eq!(names().await, ["ecs.capability.skiff.microvm", "site"]);
+    let (on, _) = run(&api, json!({"cluster": "edge", "taskDefinition": "vm"}))
+        .await
+        .unwrap();
+    assert_eq!(on, [node.clone()]);
+    // None: unchanged; a start without VMs takes the capability back, the operator's stays.
+    sync(None).await.unwrap();
+    assert_eq!(names().await, ["ecs.capability.skiff.microvm", "site"]);
+    sync(Some(vec![])).await.unwrap();
+    assert_eq!(names().await, ["site"]);
+    let (on, why) = run(&api, json!({"cluster": "edge", "taskDefinition": "vm"}))
+        .await
+        .unwrap();
+    assert!(on.is_empty() && why[0].starts_with("ATTRIBUTE"), "{why:?}");
+    // A node cannot set the operator's attributes this way.
+    let e = sync(Some(vec!["site"])).await.unwrap_err();
+    assert!(e.to_string().contains("ecs.capability.skiff."), "{e}");
+    assert_eq!(names().await, ["site"]);
+}
+
 both_stores!(
+    a_node_replaces_its_capabilities_when_it_starts,
     placement_sees_what_a_stop_frees_and_a_drain_takes,
     a_node_gets_its_tasks_and_reports_them_once,
     a_long_poll_wakes_on_a_change_and_deregistration_ends_syncs,

@@ -181,6 +181,16 @@ fn node_supports(def: &TaskDefinition, net: &Networking, vm: &VmSupport) -> Resu
     Ok(())
 }
 
+impl Daemon {
+    /// The node's own capabilities, as attribute names (the control plane places by them).
+    pub fn capabilities(&self) -> Vec<String> {
+        match self.host.vm {
+            VmSupport::Ready(_) => vec![crate::vm::CAPABILITY_ATTRIBUTE.to_owned()],
+            VmSupport::Unavailable(_) => Vec::new(),
+        }
+    }
+}
+
 /// What a microVM task needs beyond a container task: the node's VM support, and what the
 /// VM can give (not the node's network namespace, nor its volumes: the guest reaches neither).
 fn vm_supports(def: &TaskDefinition, vm: &VmSupport) -> Result<(), String> {

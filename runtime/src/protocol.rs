@@ -93,7 +93,17 @@ pub struct SyncRequest {
     /// apid's `heartbeat`); 0 answers at once.
     #[serde(default)]
     pub wait_seconds: u64,
+    /// The node's own capabilities as they are now (attribute names starting with
+    /// [`NODE_CAPABILITY_PREFIX`]), sent on its first sync after each start: apid replaces
+    /// the ones it had recorded, since a node's VM support changes with its host and
+    /// configuration after registration. None: unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
 }
+
+/// The attributes a node reports about itself at each start, as the ECS agent reports its
+/// `ecs.capability.*` ones; the rest of its attributes are the operator's.
+pub const NODE_CAPABILITY_PREFIX: &str = "ecs.capability.skiff.";
 
 /// One state change of a task, as the node saw it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

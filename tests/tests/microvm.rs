@@ -416,8 +416,25 @@ fn the_control_plane_places_fargate_tasks_on_nodes_with_microvms() {
     let r = apid.aws(&["run-task", "--cluster", "edge", "--task-definition", &td]);
     assert!(r["tasks"].as_array().unwrap().is_empty(), "{r:#}");
     assert!(r["failures"].to_string().contains("ATTRIBUTE"), "{r:#}");
-    // A node with VMs joins (it reports ecs.capability.skiff.microvm): three tasks all go there.
+    // A node with VMs joins; once skiffd has checked them it reports
+    // ecs.capability.skiff.microvm (on its first sync): three tasks all go there.
     let vm = Skiffd::registered(&net, 3, &apid, &act, &[], &vm_config());
+    until(60, "the node's microVM capability", || {
+        let a = apid.aws(&[
+            "list-attributes",
+            "--cluster",
+            "edge",
+            "--target-type",
+            "container-instance",
+            "--attribute-name",
+            "ecs.capability.skiff.microvm",
+        ]);
+        let on = a["attributes"].as_array().unwrap().clone();
+        (!on.is_empty()).then(|| {
+            assert_eq!(on.len(), 1, "{a:#}");
+            assert_eq!(on[0]["targetId"], instance(&vm).as_str(), "{a:#}");
+        })
+    });
     let r = apid.aws(&[
         "run-task",
         "--cluster",

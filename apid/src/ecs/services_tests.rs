@@ -63,6 +63,7 @@ impl Node {
                 version: self.version,
                 events,
                 wait_seconds: 0,
+                ..Default::default()
             },
         )
         .await

@@ -387,14 +387,9 @@ impl Credentials {
                 path: self.identity.clone(),
             });
         }
-        let mut attributes = attributes(&r.attributes)?;
-        // What the node can do, as the ECS agent reports its capabilities.
-        if let crate::vm::VmSupport::Ready(_) = crate::vm::VmSupport::probe(cfg.vm.as_ref()) {
-            attributes.push(NodeAttribute {
-                name: crate::vm::CAPABILITY_ATTRIBUTE.into(),
-                value: None,
-            });
-        }
+        // The node's capabilities (microVMs) are not claimed here: skiffd reports them on its
+        // first sync of each start, once it has checked them (see SyncRequest::capabilities).
+        let attributes = attributes(&r.attributes)?;
         let roots = roots_from(&r.ca_cert)?;
         let mut tls = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?

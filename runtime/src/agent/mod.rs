@@ -126,6 +126,8 @@ pub struct Agent {
     renew_before: Option<Duration>,
     /// When the certificate was last renewed by this agent.
     renewed_at: Option<tokio::time::Instant>,
+    /// Whether apid has this start's capabilities.
+    capabilities_sent: bool,
 }
 
 fn ecs_now() -> i64 {
@@ -155,6 +157,7 @@ impl Agent {
             },
             renew_before: cfg.renew_certificate_before,
             renewed_at: None,
+            capabilities_sent: false,
         }))
     }
 
@@ -409,6 +412,7 @@ impl Agent {
                 version: self.journal.version,
                 events,
                 wait_seconds: wait,
+                capabilities: (!self.capabilities_sent).then(|| self.daemon.capabilities()),
             };
             let timeout = Duration::from_secs(wait + 30);
             let result = if wait > 0 {
@@ -436,6 +440,7 @@ impl Agent {
                         );
                     }
                     self.link = self.link.next(true, crate::record::now());
+                    self.capabilities_sent = true;
                     self.journal.acknowledged(r.acked_seq);
                     self.journal.version = r.version;
                     self.heartbeat = r.heartbeat_seconds.max(1);

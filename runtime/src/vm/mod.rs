@@ -666,6 +666,11 @@ mod tests {
     }
 
     #[test]
+    fn the_capability_is_one_the_node_reports_itself() {
+        assert!(CAPABILITY_ATTRIBUTE.starts_with(crate::protocol::NODE_CAPABILITY_PREFIX));
+    }
+
+    #[test]
     fn probe_names_what_is_missing() {
         assert!(matches!(
             VmSupport::probe(None),
