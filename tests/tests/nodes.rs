@@ -276,7 +276,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     );
     let arn = r["tasks"][0]["taskArn"].as_str().unwrap().to_owned();
     assert_eq!(instance_of(&r["tasks"][0]), idb);
-    wait_task(&apid, "tasks-running", &arn);
+    wait_task(&apid, "RUNNING", &arn);
     let t = describe(&apid, &arn);
     assert_eq!(t["lastStatus"], "RUNNING", "{t:#}");
     let binding = &t["containers"][0]["networkBindings"][0];
