@@ -265,6 +265,28 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     });
     assert!(a.log().contains("node certificate renewed"), "{certs:?}");
 
+    // A container that crashes after its restartAttemptPeriod, on node b: restarted locally,
+    // even while b is cut off below. Started early, so that its 61 s overlap the steps between.
+    let crash = register_raw(
+        &apid,
+        &json!({"family": "crash", "networkMode": "none", "containerDefinitions": [
+            {"name": "job", "image": BUSYBOX, "memory": 32, "stopTimeout": 2,
+             "command": ["sh", "-c", "sleep 61; exit 3"],
+             "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60}}]}),
+    );
+    let r = run_task(
+        &apid,
+        &crash,
+        &[
+            "--placement-constraints",
+            "type=memberOf,expression=attribute:zone == b",
+        ],
+    );
+    let crash_id = task_ids(&r["tasks"].as_array().unwrap().clone())
+        .into_iter()
+        .next()
+        .unwrap();
+
     // run-task by attribute -> running on that node, reachable on its host port; stop-task.
     let td1 = register_def(&apid, web("one"));
     let r = run_task(
@@ -350,28 +372,6 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     assert_eq!(first["tasks"][0]["taskArn"], again["tasks"][0]["taskArn"]);
     let arn = first["tasks"][0]["taskArn"].as_str().unwrap().to_owned();
     stop_task(&apid, &arn);
-
-    // A container that crashes after its restartAttemptPeriod, on node b: restarted locally,
-    // even while b is cut off below.
-    let crash = register_raw(
-        &apid,
-        &json!({"family": "crash", "networkMode": "none", "containerDefinitions": [
-            {"name": "job", "image": BUSYBOX, "memory": 32, "stopTimeout": 2,
-             "command": ["sh", "-c", "sleep 61; exit 3"],
-             "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60}}]}),
-    );
-    let r = run_task(
-        &apid,
-        &crash,
-        &[
-            "--placement-constraints",
-            "type=memberOf,expression=attribute:zone == b",
-        ],
-    );
-    let crash_id = task_ids(&r["tasks"].as_array().unwrap().clone())
-        .into_iter()
-        .next()
-        .unwrap();
 
     // A service of 4 spread over the nodes, then rolled to a new revision.
     create_service(
