@@ -206,7 +206,7 @@ fn depends_on_conditions_and_health_checks() {
         bb(
             "db",
             &format!(
-                r#""command":["sh","-c","sleep 2; touch /shared/ready; sleep 300"],{health},{shared}"#
+                r#""stopTimeout":2,"command":["sh","-c","sleep 2; touch /shared/ready; sleep 300"],{health},{shared}"#
             ),
         ),
         bb(
@@ -222,12 +222,12 @@ fn depends_on_conditions_and_health_checks() {
         bb(
             "app",
             &format!(
-                r#""command":["sh","-c","ls /shared; sleep 300"],{shared},"dependsOn":[{{"containerName":"db","condition":"HEALTHY"}},{{"containerName":"migrate","condition":"SUCCESS"}},{{"containerName":"warmup","condition":"COMPLETE"}}]"#
+                r#""stopTimeout":2,"command":["sh","-c","ls /shared; sleep 300"],{shared},"dependsOn":[{{"containerName":"db","condition":"HEALTHY"}},{{"containerName":"migrate","condition":"SUCCESS"}},{{"containerName":"warmup","condition":"COMPLETE"}}]"#
             ),
         ),
         bb(
             "sidecar",
-            r#""essential":false,"command":["sleep","300"],"dependsOn":[{"containerName":"app","condition":"START"}]"#,
+            r#""essential":false,"stopTimeout":2,"command":["sleep","300"],"dependsOn":[{"containerName":"app","condition":"START"}]"#,
         ),
         bb(
             "never",
@@ -235,7 +235,7 @@ fn depends_on_conditions_and_health_checks() {
         ),
         bb(
             "sick",
-            r#""essential":false,"command":["sleep","300"],"healthCheck":{"command":["CMD","false"],"interval":5,"retries":2}"#,
+            r#""essential":false,"stopTimeout":2,"command":["sleep","300"],"healthCheck":{"command":["CMD","false"],"interval":5,"retries":2}"#,
         ),
     ];
     let id = d.run_def(
@@ -322,7 +322,7 @@ fn exec_runs_in_the_container_and_logs_follow() {
     }
     let d = Skiffd::start("");
     let id = d.run(
-        &bb("web", r#""user":"app","hostname":"webhost","command":["sh","-c","i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); sleep 1; done; sleep 300"]"#),
+        &bb("web", r#""user":"app","hostname":"webhost","stopTimeout":2,"command":["sh","-c","i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); sleep 1; done; sleep 300"]"#),
         false,
     );
     let out = d
