@@ -123,12 +123,17 @@ done
 "${ECS[@]}" list-container-instances --cluster quickstart
 
 echo "== the sample tasks, through the ECS API"
+# Stopped together, awaited together: the waiter polls every 6 s.
+replaced=()
 for family in web vpcweb hello; do
   for arn in $("${ECS[@]}" list-tasks --cluster quickstart --family "$family" | jq -r '.taskArns[]'); do
     "${ECS[@]}" stop-task --cluster quickstart --task "$arn" --reason "replaced by a new quick start" >/dev/null
-    "${ECS[@]}" wait tasks-stopped --cluster quickstart --tasks "$arn"
+    replaced+=("$arn")
   done
 done
+if [ ${#replaced[@]} -gt 0 ]; then
+  "${ECS[@]}" wait tasks-stopped --cluster quickstart --tasks "${replaced[@]}"
+fi
 # Tasks a standalone skiffd ran in an earlier quick start.
 for old in $(skiff task ls --json | jq -r '.[] | select(.origin == null and (.taskDefinition.family == "web" or .taskDefinition.family == "hello")) | .taskId'); do
   skiff task stop "$old" >/dev/null

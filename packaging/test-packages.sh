@@ -121,10 +121,20 @@ W="$work" V="$version" P="$parent" unshare --pid --fork --mount-proc --mount --n
   for _ in $(seq 100); do [ "$(connected)" = 1 ] && break; sleep 0.2; done
   [ "$(connected)" = 1 ] || fail "the node did not connect after install.sh"
 
+  # Polls until task $1 is $2 (RUNNING, STOPPED; or STOPPED instead), then the aws CLI waiter
+  # (tasks-running, tasks-stopped) must agree at once: its own retries come 6 s apart.
+  wait_task() {
+    for _ in $(seq 100); do
+      case "$(ecs describe-tasks --cluster pkg --tasks "$1" | jq -r ".tasks[0].lastStatus")" in "$2" | STOPPED) break ;; esac
+      sleep 0.2
+    done
+    ecs wait "tasks-${2,,}" --cluster pkg --tasks "$1"
+  }
+
   skiff image load --name 127.0.0.1:5055/samples/busybox "$W/layout" >/dev/null
   td=$(ecs register-task-definition --cli-input-json file://packaging/examples/web-task.json | jq -r .taskDefinition.taskDefinitionArn)
   task=$(ecs run-task --cluster pkg --task-definition "$td" | jq -r ".tasks[0].taskArn")
-  ecs wait tasks-running --cluster pkg --tasks "$task" ||
+  wait_task "$task" RUNNING ||
     fail "the task did not run: $(ecs describe-tasks --cluster pkg --tasks "$task" | jq -c ".tasks[0] | {stoppedReason, containers: [.containers[] | {reason, exitCode}]}")"
   curl -fsS --retry 20 --retry-connrefused --retry-delay 0 http://127.0.0.1:8080/ | grep -q "Hello from a Skiff task" || fail "the task does not serve"
   old_skiffd=$(pidof skiffd) old_httpd=$(pidof httpd)
@@ -142,7 +152,7 @@ W="$work" V="$version" P="$parent" unshare --pid --fork --mount-proc --mount --n
   [ "$(skiff task ls --json | jq -r ".[0].lastStatus")" = RUNNING ] || fail "the new skiffd does not hold the task"
   [ "$(ecs describe-tasks --cluster pkg --tasks "$task" | jq -r ".tasks[0].lastStatus")" = RUNNING ] || fail "apid lost the task"
   ecs stop-task --cluster pkg --task "$task" >/dev/null
-  ecs wait tasks-stopped --cluster pkg --tasks "$task"
+  wait_task "$task" STOPPED
 '
 [ "$(sha256sum /etc/passwd /etc/group /var/lib/dpkg/status)" = "$before" ] || fail "the machine's /etc/passwd, /etc/group or dpkg status changed"
 echo "install and upgrade: skiff-apid installed with dpkg runs as its user; install.sh installs skiff and registers the box; an upgrade in place restarts skiffd on the new binary and the task keeps its process and keeps serving"

@@ -2043,14 +2043,23 @@ pub mod ecs {
         a.aws(&args)
     }
 
-    /// `aws ecs wait <waiter>` (`tasks-running`, `tasks-stopped`) for task `arn` of cluster edge.
-    pub fn wait_task(a: &Apid, waiter: &str, arn: &str) {
-        a.aws(&["wait", waiter, "--cluster", "edge", "--tasks", arn]);
+    /// Waits until task `arn` of cluster edge is `status` (`RUNNING`, `STOPPED`), then checks
+    /// the aws CLI's waiter (`tasks-running`, `tasks-stopped`) agrees at once: its own retries
+    /// come 6 s apart. A task that stops while `RUNNING` is awaited goes to the waiter at once,
+    /// which fails on it.
+    pub fn wait_task(a: &Apid, status: &str, arn: &str) {
+        until(60, &format!("task {arn} {status}"), || {
+            let t = a.aws(&["describe-tasks", "--cluster", "edge", "--tasks", arn]);
+            let last = &t["tasks"][0]["lastStatus"];
+            (last == status || last == "STOPPED").then_some(())
+        });
+        let waiter = format!("tasks-{}", status.to_ascii_lowercase());
+        a.aws(&["wait", &waiter, "--cluster", "edge", "--tasks", arn]);
     }
 
     /// `aws ecs stop-task` of `arn` in cluster edge, waiting until it is STOPPED.
     pub fn stop_task(a: &Apid, arn: &str) {
         a.aws(&["stop-task", "--cluster", "edge", "--task", arn]);
-        wait_task(a, "tasks-stopped", arn);
+        wait_task(a, "STOPPED", arn);
     }
 }

@@ -206,7 +206,7 @@ fn depends_on_conditions_and_health_checks() {
         bb(
             "db",
             &format!(
-                r#""command":["sh","-c","sleep 2; touch /shared/ready; sleep 300"],{health},{shared}"#
+                r#""stopTimeout":2,"command":["sh","-c","sleep 2; touch /shared/ready; sleep 300"],{health},{shared}"#
             ),
         ),
         bb(
@@ -222,12 +222,12 @@ fn depends_on_conditions_and_health_checks() {
         bb(
             "app",
             &format!(
-                r#""command":["sh","-c","ls /shared; sleep 300"],{shared},"dependsOn":[{{"containerName":"db","condition":"HEALTHY"}},{{"containerName":"migrate","condition":"SUCCESS"}},{{"containerName":"warmup","condition":"COMPLETE"}}]"#
+                r#""stopTimeout":2,"command":["sh","-c","ls /shared; sleep 300"],{shared},"dependsOn":[{{"containerName":"db","condition":"HEALTHY"}},{{"containerName":"migrate","condition":"SUCCESS"}},{{"containerName":"warmup","condition":"COMPLETE"}}]"#
             ),
         ),
         bb(
             "sidecar",
-            r#""essential":false,"command":["sleep","300"],"dependsOn":[{"containerName":"app","condition":"START"}]"#,
+            r#""essential":false,"stopTimeout":2,"command":["sleep","300"],"dependsOn":[{"containerName":"app","condition":"START"}]"#,
         ),
         bb(
             "never",
@@ -235,7 +235,7 @@ fn depends_on_conditions_and_health_checks() {
         ),
         bb(
             "sick",
-            r#""essential":false,"command":["sleep","300"],"healthCheck":{"command":["CMD","false"],"interval":5,"retries":2}"#,
+            r#""essential":false,"stopTimeout":2,"command":["sleep","300"],"healthCheck":{"command":["CMD","false"],"interval":5,"retries":2}"#,
         ),
     ];
     let id = d.run_def(
@@ -286,12 +286,14 @@ fn restart_policy_restarts_in_place_unless_the_exit_code_is_ignored() {
         return;
     }
     let d = Skiffd::start("");
-    // ECS's shortest restartAttemptPeriod is 60 s: a container must have run that long.
+    // ECS's shortest restartAttemptPeriod is 60 s: a container must have run that long. The two
+    // that do, worker (restarted) and done (its exit code ignored), run those 61 s side by side.
     let policy =
         r#""restartPolicy":{"enabled":true,"ignoredExitCodes":[0],"restartAttemptPeriod":60}"#;
     let id = d.run(
         &[
-            bb("worker", &format!(r#""command":["sh","-c","echo run; sleep 61; if [ -f /tmp/again ]; then exit 0; fi; touch /tmp/again; exit 9"],{policy}"#)),
+            bb("worker", &format!(r#""command":["sh","-c","echo run; if [ -f /tmp/again ]; then while [ ! -f /tmp/go ]; do sleep 0.1; done; exit 0; fi; sleep 61; touch /tmp/again; exit 9"],{policy}"#)),
+            bb("done", &format!(r#""essential":false,"command":["sh","-c","sleep 61; exit 0"],{policy}"#)),
             bb("quick", &format!(r#""essential":false,"command":["sh","-c","exit 5"],{policy}"#)),
         ]
         .join(","),
@@ -306,12 +308,24 @@ fn restart_policy_restarts_in_place_unless_the_exit_code_is_ignored() {
         0,
         "{rec:#}"
     );
-    // worker ran 61 s and exited 9: restarted in place (its writable layer kept), then exited 0,
-    // which is ignored: the essential container stays exited and the task stops.
-    let rec = d.wait_for(&id, 150, |r| r["lastStatus"] == "STOPPED");
+    // worker ran 61 s and exited 9: restarted in place (its writable layer kept: it found
+    // /tmp/again), and the task runs on; done ran as long and exited 0, which is ignored.
+    let rec = d.wait_for(&id, 150, |r| {
+        let w = Skiffd::container(r, "worker");
+        w["restartCount"] == 1
+            && w["lastStatus"] == "RUNNING"
+            && Skiffd::container(r, "done")["lastStatus"] == "STOPPED"
+    });
+    assert_eq!(rec["lastStatus"], "RUNNING", "{rec:#}");
+    // Told to, worker exits 0 too: the essential container stays exited and the task stops.
+    d.ok(&["exec", &id, "worker", "--", "sh", "-c", "echo > /tmp/go"]);
+    let rec = d.wait_for(&id, 30, |r| r["lastStatus"] == "STOPPED");
     let w = Skiffd::container(&rec, "worker");
     assert_eq!(w["restartCount"], 1, "{rec:#}");
     assert_eq!(w["exitCode"], 0, "{rec:#}");
+    let done = Skiffd::container(&rec, "done");
+    assert_eq!(done["restartCount"], 0, "{rec:#}");
+    assert_eq!(done["exitCode"], 0, "{rec:#}");
     assert_eq!(d.ok(&["logs", &id, "worker"]), "run\nrun\n");
 }
 
@@ -322,7 +336,7 @@ fn exec_runs_in_the_container_and_logs_follow() {
     }
     let d = Skiffd::start("");
     let id = d.run(
-        &bb("web", r#""user":"app","hostname":"webhost","command":["sh","-c","i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); sleep 1; done; sleep 300"]"#),
+        &bb("web", r#""user":"app","hostname":"webhost","stopTimeout":2,"command":["sh","-c","i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); sleep 1; done; sleep 300"]"#),
         false,
     );
     let out = d

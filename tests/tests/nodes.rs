@@ -12,7 +12,8 @@
 //! is replaced on the node and the replacement adopted by apid), `kill -9` of apid and of skiffd, drain, and deregistration
 //! (which revokes the node's certificate: the node stops its tasks and retires its identity).
 //! apid's heartbeats are short (1 s, timeout 3 s, grace 12 s) so that all of it happens in the
-//! test's time.
+//! test's time, and so are the containers' stopTimeout (2 s): httpd and sh, PID 1 of their
+//! containers with no SIGTERM handler, ignore SIGTERM and are stopped by SIGKILL at its end.
 //!
 //! Consistency is checked against the nodes themselves, never against apid alone: every task
 //! apid says RUNNING runs on the node it names, and no node runs a control-plane task apid
@@ -77,7 +78,7 @@ fn register_raw(a: &Apid, def: &Value) -> String {
 /// A web server on a dynamic host port (bridge mode), answering with `body`.
 fn web(body: &str) -> Value {
     json!({"family": "web", "networkMode": "bridge", "containerDefinitions": [
-        {"name": "web", "image": BUSYBOX, "memory": 64,
+        {"name": "web", "image": BUSYBOX, "memory": 64, "stopTimeout": 2,
          "command": ["sh", "-c", format!("mkdir -p /www && echo {body} > /www/index.html && echo serving {body} && exec httpd -f -p 8080 -h /www")],
          "portMappings": [{"containerPort": 8080, "protocol": "tcp"}]}]})
 }
@@ -264,6 +265,28 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     });
     assert!(a.log().contains("node certificate renewed"), "{certs:?}");
 
+    // A container that crashes after its restartAttemptPeriod, on node b: restarted locally,
+    // even while b is cut off below. Started early, so that its 61 s overlap the steps between.
+    let crash = register_raw(
+        &apid,
+        &json!({"family": "crash", "networkMode": "none", "containerDefinitions": [
+            {"name": "job", "image": BUSYBOX, "memory": 32, "stopTimeout": 2,
+             "command": ["sh", "-c", "sleep 61; exit 3"],
+             "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60}}]}),
+    );
+    let r = run_task(
+        &apid,
+        &crash,
+        &[
+            "--placement-constraints",
+            "type=memberOf,expression=attribute:zone == b",
+        ],
+    );
+    let crash_id = task_ids(&r["tasks"].as_array().unwrap().clone())
+        .into_iter()
+        .next()
+        .unwrap();
+
     // run-task by attribute -> running on that node, reachable on its host port; stop-task.
     let td1 = register_def(&apid, web("one"));
     let r = run_task(
@@ -276,7 +299,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     );
     let arn = r["tasks"][0]["taskArn"].as_str().unwrap().to_owned();
     assert_eq!(instance_of(&r["tasks"][0]), idb);
-    wait_task(&apid, "tasks-running", &arn);
+    wait_task(&apid, "RUNNING", &arn);
     let t = describe(&apid, &arn);
     assert_eq!(t["lastStatus"], "RUNNING", "{t:#}");
     let binding = &t["containers"][0]["networkBindings"][0];
@@ -350,28 +373,6 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
     let arn = first["tasks"][0]["taskArn"].as_str().unwrap().to_owned();
     stop_task(&apid, &arn);
 
-    // A container that crashes after its restartAttemptPeriod, on node b: restarted locally,
-    // even while b is cut off below.
-    let crash = register_raw(
-        &apid,
-        &json!({"family": "crash", "networkMode": "none", "containerDefinitions": [
-            {"name": "job", "image": BUSYBOX, "memory": 32,
-             "command": ["sh", "-c", "sleep 61; exit 3"],
-             "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60}}]}),
-    );
-    let r = run_task(
-        &apid,
-        &crash,
-        &[
-            "--placement-constraints",
-            "type=memberOf,expression=attribute:zone == b",
-        ],
-    );
-    let crash_id = task_ids(&r["tasks"].as_array().unwrap().clone())
-        .into_iter()
-        .next()
-        .unwrap();
-
     // A service of 4 spread over the nodes, then rolled to a new revision.
     create_service(
         &apid,
@@ -428,7 +429,7 @@ fn nodes_register_run_tasks_and_services_and_survive_cuts() {
         &apid,
         json!({"family": "flaky", "networkMode": "none",
             "volumes": [{"name": "flag", "host": {"sourcePath": flag}}],
-            "containerDefinitions": [{"name": "job", "image": BUSYBOX, "memory": 32,
+            "containerDefinitions": [{"name": "job", "image": BUSYBOX, "memory": 32, "stopTimeout": 2,
              "mountPoints": [{"sourceVolume": "flag", "containerPath": "/flag"}],
              "command": ["sh", "-c", "while ! rm /flag/die 2>/dev/null; do sleep 0.2; done; exit 1"]}]}),
     );
