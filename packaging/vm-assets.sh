@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds what skiffd boots a task microVM with (requiresCompatibilities FARGATE): a kernel and
 # an initramfs whose /init is Skiff's guest agent, skiff-agent, with the virtio modules it
-# loads (Debian's cloud kernel builds virtio-mmio, -blk, -console and -net as modules). Point
-# skiffd.toml's [vm] kernel and initrd at the results.
+# loads (Debian's cloud kernel builds virtio-mmio, -blk, -console, -net and virtiofs as
+# modules). Point skiffd.toml's [vm] kernel and initrd at the results.
 #
 #   packaging/vm-assets.sh [--agent PATH] [--out DIR] [--cache DIR]
 #
@@ -43,7 +43,7 @@ trap 'rm -rf "$tmp"' EXIT
 ir=$tmp/initramfs
 mkdir -p "$ir"/{proc,sys,dev,run,tmp}
 guest_binary "$agent" "$ir" /init
-guest_modules "$ir/lib/modules" virtio_mmio virtio_blk virtio_console virtio_net
+guest_modules "$ir/lib/modules" virtio_mmio virtio_blk virtio_console virtio_net virtiofs
 (cd "$ir" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) > "$tmp/initrd.img"
 mkdir -p "$out"
 cp "$gk_vmlinuz" "$out/vmlinuz.new" && mv "$out/vmlinuz.new" "$out/vmlinuz"

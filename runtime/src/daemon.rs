@@ -192,7 +192,7 @@ impl Daemon {
 }
 
 /// What a microVM task needs beyond a container task: the node's VM support, and what the
-/// VM can give (not the node's network namespace, nor its volumes: the guest reaches neither).
+/// VM can give (not the node's network namespace; volumes only through virtio-fs).
 fn vm_supports(def: &TaskDefinition, vm: &VmSupport) -> Result<(), String> {
     vm.ready().map_err(|why| {
         format!("requiresCompatibilities FARGATE asks for microVM isolation, unavailable on this node: {why}")
@@ -203,10 +203,13 @@ fn vm_supports(def: &TaskDefinition, vm: &VmSupport) -> Result<(), String> {
                 .into(),
         );
     }
-    if let Some(v) = def.volumes.first() {
+    if let (Some(v), Ok(h)) = (def.volumes.first(), vm.ready())
+        && !h.config.virtiofsd.is_file()
+    {
         return Err(format!(
-            "volumes[0] ({}): microVM tasks cannot mount node volumes (the guest sees no host path)",
-            v.name
+            "volumes ({}): a microVM task's volumes are shared by virtio-fs, and vm.virtiofsd {} does not exist",
+            v.name,
+            h.config.virtiofsd.display()
         ));
     }
     let (_, memory) = crate::vm::size(def);

@@ -410,13 +410,14 @@ pub async fn provision(
         }
     }
     if in_vm {
+        let shares = vm::shares(&volumes.all())?;
         let network = match (&rec.network, &host.net) {
             (Some(n), Networking::Ready(net)) => {
                 Some(vm::VmNetwork::of(&n.netns, &net.attach_vm(n).await?))
             }
             _ => None,
         };
-        rec.vm = Some(boot_vm(host, rec, task_dir, &cgroup, disks, network).await?);
+        rec.vm = Some(boot_vm(host, rec, task_dir, &cgroup, disks, network, shares).await?);
     }
     Ok(())
 }
@@ -430,6 +431,7 @@ async fn boot_vm(
     cgroup: &TaskCgroup,
     rootfs: Vec<(String, PathBuf, String)>,
     network: Option<vm::VmNetwork>,
+    shares: Vec<vm::Share>,
 ) -> Result<VmRecord, ProvisionError> {
     let vmh = host
         .vm
@@ -454,6 +456,8 @@ async fn boot_vm(
         disks,
         boot_timeout_ms: vmh.config.boot_timeout.as_millis() as u64,
         network,
+        shares,
+        virtiofsd: vmh.config.virtiofsd.clone(),
     };
     let spec_path = dir.spec();
     std::fs::write(

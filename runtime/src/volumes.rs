@@ -226,6 +226,17 @@ pub fn remove_task_volumes(dirs: &VolumeDirs) -> Result<(), VolumeError> {
 }
 
 impl PreparedVolumes {
+    /// Each volume's name and node directory, by name.
+    pub fn all(&self) -> Vec<(String, PathBuf)> {
+        let mut v: Vec<(String, PathBuf)> = self
+            .paths
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The node directory of volume `name`.
     pub fn host_path(&self, name: &str) -> Option<&Path> {
         self.paths.get(name).map(PathBuf::as_path)

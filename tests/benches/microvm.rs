@@ -105,6 +105,8 @@ fn spec(kernel: &Path, initrd: &Path, accel: &str) -> vm::VmSpec {
         disks: Vec::new(),
         boot_timeout_ms: 120_000,
         network: None,
+        shares: Vec::new(),
+        virtiofsd: PathBuf::new(),
     }
 }
 

@@ -270,6 +270,54 @@ fn microvm_tasks_are_on_the_task_network() {
 }
 
 #[test]
+fn microvm_tasks_mount_their_volumes() {
+    if !privileged("microvm_tasks_mount_their_volumes") {
+        return;
+    }
+    let n = vm_node();
+    // A node directory (host.sourcePath) and a task-scoped scratch volume, shared into the VM
+    // by virtio-fs; the node's directory read-only for one container, writable for the other.
+    let site = n.dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "from the node\n").unwrap();
+    let def = fargate(
+        256,
+        &[
+            r#""name":"writer","essential":false,"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/site","readOnly":true}],"command":["sh","-c","cat /site/index.html; echo made-in-vm > /shared/note; if touch /site/x 2>/dev/null; then echo WROTE; else echo READONLY; fi"]"#,
+            r#""name":"reader","dependsOn":[{"containerName":"writer","condition":"COMPLETE"}],"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/out"}],"command":["sh","-c","cat /shared/note; echo back > /out/from-guest"]"#,
+        ],
+    )
+    .replace(
+        r#""containerDefinitions""#,
+        &format!(
+            r#""volumes":[{{"name":"site","host":{{"sourcePath":"{}"}}}},{{"name":"scratch"}}],"containerDefinitions""#,
+            site.display()
+        ),
+    );
+    let id = n.run_def(&def, true);
+    let rec = n.wait_stopped(&id);
+    assert_eq!(Skiffd::container(&rec, "reader")["exitCode"], 0, "{rec:#}");
+    let (out, _) = logs(&n, &id, "writer");
+    assert_eq!(out, "from the node\nREADONLY\n");
+    let (out, _) = logs(&n, &id, "reader");
+    assert_eq!(out, "made-in-vm\n", "one container's write, seen by the next");
+    assert_eq!(
+        std::fs::read_to_string(site.join("from-guest")).unwrap(),
+        "back\n",
+        "written by the guest into the node's directory"
+    );
+    assert!(!site.join("x").exists());
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    let fsd = Command::new("pgrep").args(["-af", "virtiofsd"]).output().unwrap();
+    let root = n.root.display().to_string();
+    assert!(
+        !String::from_utf8_lossy(&fsd.stdout).contains(&root),
+        "no virtio-fs daemon left"
+    );
+}
+
+#[test]
 fn a_microvm_task_has_the_memory_of_its_size() {
     if !privileged("a_microvm_task_has_the_memory_of_its_size") {
         return;

@@ -19,7 +19,7 @@
 //! (`waitpid(-1)`, which is right for init and wrong anywhere else); two reader threads per
 //! process relay its output. Frames go out through one locked writer, whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -94,6 +94,7 @@ pub fn run() -> Result<(), AgentError> {
             procs: Arc::new(Mutex::new(Procs::default())),
         },
         disks: HashMap::new(),
+        shares: HashSet::new(),
     };
     let reaper = agent.shared.clone();
     std::thread::spawn(move || reaper.reap());
@@ -253,6 +254,8 @@ struct Agent {
     shared: Shared,
     /// Mounted disks by serial.
     disks: HashMap<String, PathBuf>,
+    /// The virtio-fs tags mounted so far.
+    shares: HashSet<String>,
 }
 
 impl Shared {
@@ -346,6 +349,25 @@ impl Agent {
         Ok(root)
     }
 
+    /// Where virtio-fs share `tag` is mounted, on first use (`/run/volumes/<tag>`).
+    fn share(&mut self, tag: &str) -> Result<PathBuf, String> {
+        let at = Path::new("/run/volumes").join(tag);
+        if self.shares.contains(tag) {
+            return Ok(at);
+        }
+        std::fs::create_dir_all(&at).map_err(|e| format!("creating {}: {e}", at.display()))?;
+        mount(
+            Some(tag),
+            &at,
+            Some("virtiofs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mounting volume share {tag}: {e}"))?;
+        self.shares.insert(tag.to_owned());
+        Ok(at)
+    }
+
     fn spawn(&mut self, p: Process) -> Result<i32, String> {
         if p.args.is_empty() {
             return Err("no command".into());
@@ -362,6 +384,15 @@ impl Agent {
         }
         let root = self.root(&p.disk)?;
         let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|e| e.to_string());
+        let mut binds = Vec::new();
+        for m in &p.mounts {
+            let share = self.share(&m.tag)?;
+            // The mount point, made in the container's disk as OCI runtimes make it.
+            let dest = root.join(m.destination.trim_start_matches('/'));
+            std::fs::create_dir_all(&dest)
+                .map_err(|e| format!("creating mount point {}: {e}", m.destination))?;
+            binds.push((cstr(&share)?, cstr(&dest)?, m.read_only));
+        }
         let confinement = Confinement {
             root: cstr(&root)?,
             dev: cstr(&root.join("dev"))?,
@@ -375,6 +406,7 @@ impl Agent {
             uid: p.uid,
             gid: p.gid,
             groups: p.additional_gids.clone(),
+            binds,
         };
         let mut cmd = Command::new(&p.args[0]);
         cmd.args(&p.args[1..])

@@ -46,6 +46,22 @@ pub struct Process {
     /// Supplementary groups.
     #[serde(default)]
     pub additional_gids: Vec<u32>,
+    /// Volumes: shared directories of the host (virtio-fs) bound into the root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// A volume in a process's root: a virtio-fs share of the VM, by its tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    /// The share's virtio-fs tag.
+    pub tag: String,
+    /// Where in the root (absolute).
+    pub destination: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// An IPv4 address with its prefix length.
@@ -344,6 +360,11 @@ mod tests {
             uid: 1000,
             gid: 1000,
             additional_gids: vec![50],
+            mounts: vec![VolumeMount {
+                tag: "v0".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
         })));
         let cidr = |a: [u8; 4], prefix_len| Cidr {
             address: a.into(),

@@ -32,6 +32,8 @@ pub struct Confinement {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// Bind mounts into the root: source, target (inside `root`), read-only.
+    pub binds: Vec<(CString, CString, bool)>,
 }
 
 /// The character devices a container gets in its /dev (as OCI runtimes create them).
@@ -46,7 +48,7 @@ pub const DEVICES: [(&str, u64, u64); 6] = [
 
 /// Makes `cmd`'s child, before it execs: the leader of a new session (so that a signal reaches
 /// its process group), in a mount namespace of its own where its root is `c.root` with a
-/// private /dev and /proc and a read-only /sys, in `c.cwd`, as `c.uid`/`c.gid`.
+/// private /dev and /proc, a read-only /sys and its volumes, in `c.cwd`, as `c.uid`/`c.gid`.
 pub fn confine(cmd: &mut Command, c: Confinement) {
     let groups: Vec<Gid> = c.groups.iter().copied().map(Gid::from_raw).collect();
     let run = move || -> nix::Result<()> {
@@ -86,6 +88,24 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             None::<&str>,
         );
+        for (src, dst, ro) in &c.binds {
+            mount(
+                Some(src.as_c_str()),
+                dst.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+            if *ro {
+                mount(
+                    None::<&str>,
+                    dst.as_c_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )?;
+            }
+        }
         // Read-only, as OCI runtimes mount it: the guest's devices, its network's among them.
         let _ = mount(
             Some("sysfs"),

@@ -67,6 +67,16 @@ pub enum VmError {
     /// The VM did not boot.
     #[error("the VM did not boot: {0}")]
     Boot(String),
+    /// A volume cannot be shared with a VM.
+    #[error("volume {volume}: {path} {why}")]
+    Volume {
+        /// The volume's name.
+        volume: String,
+        /// Its node path.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The guest agent refused or broke the protocol.
     #[error("the guest agent: {0}")]
     Agent(String),
@@ -110,6 +120,9 @@ pub struct VmConfig {
     /// How long a VM may take to boot to its agent.
     #[serde(deserialize_with = "duration")]
     pub boot_timeout: Duration,
+    /// The virtio-fs daemon that shares a task's volumes with its VM (QEMU's, in Debian's
+    /// qemu-system-common; the Rust `virtiofsd` takes the same options).
+    pub virtiofsd: PathBuf,
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -131,6 +144,7 @@ impl Default for VmConfig {
             accel: Accel::Auto,
             overhead_mib: 256,
             boot_timeout: Duration::from_secs(60),
+            virtiofsd: PathBuf::from("/usr/lib/qemu/virtiofsd"),
         }
     }
 }
@@ -287,6 +301,8 @@ async fn boot_canary(h: &VmHost, shim: &Path, dir: &Path) -> Result<(), String> 
         disks: Vec::new(),
         boot_timeout_ms: CANARY_TIMEOUT.as_millis() as u64,
         network: None,
+        shares: Vec::new(),
+        virtiofsd: PathBuf::new(),
     };
     let vm = VmDir(dir.to_owned());
     std::fs::write(
@@ -394,6 +410,58 @@ pub struct VmSpec {
     /// The task's network, if it has one of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<VmNetwork>,
+    /// The task's volumes, each a node directory shared with the guest by virtio-fs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
+    /// The virtio-fs daemon (with shares only).
+    #[serde(default)]
+    pub virtiofsd: PathBuf,
+}
+
+/// The shares of a task's volumes: one per volume (`v0`, `v1`, ... in the order of
+/// `volumes`), each its node directory.
+pub fn shares(volumes: &[(String, PathBuf)]) -> Result<Vec<Share>, VmError> {
+    volumes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, path))| {
+            let bad = |why| VmError::Volume {
+                volume: name.clone(),
+                path: path.clone(),
+                why,
+            };
+            if !path.is_dir() {
+                return Err(bad("is not a directory: a microVM task's volumes are directories the guest mounts by virtio-fs"));
+            }
+            // virtiofsd's -o and QEMU's option syntax split on commas.
+            if path.to_string_lossy().contains(',') {
+                return Err(bad("has a comma, which virtio-fs options cannot carry"));
+            }
+            Ok(Share {
+                tag: format!("v{i}"),
+                source: path.clone(),
+            })
+        })
+        .collect()
+}
+
+impl VmSpec {
+    /// The spec of the VM in `dir`.
+    pub fn load(dir: &VmDir) -> Result<Self, VmError> {
+        let path = dir.spec();
+        serde_json::from_slice(&std::fs::read(&path).map_err(io("read", &path))?)
+            .map_err(|e| io("parse", &path)(std::io::Error::other(e)))
+    }
+}
+
+/// A node directory the guest mounts by virtio-fs, under a tag of the VM's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Share {
+    /// The tag (`v0`, `v1`, ...: virtio-fs tags are short, volume names need not be).
+    pub tag: String,
+    /// The directory.
+    pub source: PathBuf,
 }
 
 /// A VM's share of its task's network: the VMM runs in the task's network namespace, where a
@@ -478,6 +546,10 @@ impl VmDir {
     pub fn disk(&self, name: &str) -> PathBuf {
         self.0.join(format!("{name}.ext4"))
     }
+    /// Where the virtio-fs daemon of share `tag` listens for the VMM.
+    pub fn share_socket(&self, tag: &str) -> PathBuf {
+        self.0.join(format!("fs-{tag}.sock"))
+    }
 }
 
 /// Removes a VM's disk images (its console log stays with the task's logs).
@@ -520,6 +592,9 @@ impl Qemu {
             ),
         };
         c.args(["-M", "microvm,rtc=on", "-accel", &accel, "-cpu", cpu])
+            // Modern (version 2) virtio-mmio devices: vhost-user ones (virtio-fs) have no
+            // legacy mode.
+            .args(["-global", "virtio-mmio.force-legacy=false"])
             .args(["-smp", &spec.cpus.to_string()])
             .args(["-m", &format!("{}M", spec.memory_mib)])
             .args([
@@ -575,6 +650,27 @@ impl Vmm for Qemu {
                     skiff_guest::net::mac_string(&nic.mac)
                 ));
         }
+        // vhost-user devices read the guest's memory: it must be shared memory (a memfd).
+        if !spec.shares.is_empty() {
+            c.arg("-object")
+                .arg(format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    spec.memory_mib
+                ))
+                .args(["-machine", "memory-backend=mem"]);
+        }
+        for (i, share) in spec.shares.iter().enumerate() {
+            c.arg("-chardev")
+                .arg(format!(
+                    "socket,id=fs{i},path={}",
+                    dir.share_socket(&share.tag).display()
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "vhost-user-fs-device,chardev=fs{i},tag={}",
+                    share.tag
+                ));
+        }
         c.args(["-device", "virtio-serial-device,max_ports=2"])
             .arg("-chardev")
             .arg(format!(
@@ -620,6 +716,11 @@ mod tests {
                     routes: Vec::new(),
                 },
             }),
+            shares: vec![Share {
+                tag: "v0".into(),
+                source: "/srv/data".into(),
+            }],
+            virtiofsd: "/usr/lib/qemu/virtiofsd".into(),
         };
         let c = Qemu.command(&spec, &dir);
         let args: Vec<String> = c
@@ -646,6 +747,16 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("name=skiff.agent"), "{line}");
+        assert!(
+            line.contains(
+                "memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("socket,id=fs0,path=/t/vm/fs-v0.sock -device vhost-user-fs-device,chardev=fs0,tag=v0"),
+            "{line}"
+        );
         assert!(
             line.contains("-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:ab"),
             "{line}"

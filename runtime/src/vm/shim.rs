@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
-use skiff_guest::proto::{Frame, Message, NetworkConfig, Process, Stream, read_frame, write_frame};
+use skiff_guest::proto::{
+    Frame, Message, NetworkConfig, Process, Stream, VolumeMount, read_frame, write_frame,
+};
 
 use super::{Qemu, VmDir, VmError, VmSpec, Vmm, io};
 use crate::logs::{LogWriter, Rotation};
@@ -40,10 +42,7 @@ pub fn serve(
     cgroup_procs: &[PathBuf],
     on_ready: impl FnOnce(i32),
 ) -> Result<(), VmError> {
-    let spec_path = dir.spec();
-    let spec: VmSpec =
-        serde_json::from_slice(&std::fs::read(&spec_path).map_err(io("read", &spec_path))?)
-            .map_err(|e| io("parse", &spec_path)(std::io::Error::other(e)))?;
+    let spec = VmSpec::load(dir)?;
     let me = std::process::id().to_string();
     for p in cgroup_procs {
         std::fs::write(p, &me).map_err(io("join cgroup", p))?;
@@ -59,6 +58,12 @@ pub fn serve(
     let control = listen(dir.control_socket())?;
     // Blocked before any thread starts, so that stop requests reach the signalfd only.
     let signals = stop_requests().map_err(|e| io("block signals in", &dir.0)(e.into()))?;
+    let shares = Children(
+        spec.shares
+            .iter()
+            .map(|share| share_daemon(&spec, dir, share))
+            .collect::<Result<_, _>>()?,
+    );
     // The VMM opens the task's taps by name: it runs in the task's network namespace (this
     // process has no other use for a network; its sockets are unix ones, bound already).
     if let Some(n) = &spec.network {
@@ -159,7 +164,63 @@ pub fn serve(
         }
     }
     let _ = vmm.wait();
+    drop(shares);
     Ok(())
+}
+
+/// Processes killed and reaped when dropped: the virtio-fs daemons, on every way out of
+/// [`serve`] (they end by themselves when the VMM disconnects, too).
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts the virtio-fs daemon of `share` and waits until its socket is there for the VMM.
+fn share_daemon(
+    spec: &VmSpec,
+    dir: &VmDir,
+    share: &super::Share,
+) -> Result<std::process::Child, VmError> {
+    let sock = dir.share_socket(&share.tag);
+    match std::fs::remove_file(&sock) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &sock)(e)),
+        _ => {}
+    }
+    let log = dir.0.join(format!("virtiofsd-{}.log", share.tag));
+    let mut cmd = std::process::Command::new(&spec.virtiofsd);
+    cmd.arg(format!("--socket-path={}", sock.display()))
+        .arg("-o")
+        .arg(format!("source={}", share.source.display()))
+        .args(["-o", "cache=auto"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).map_err(io("create", &log))?);
+    crate::sys::die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| VmError::Boot(format!("starting {}: {e}", spec.virtiofsd.display())))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(VmError::Boot(format!(
+                "the virtio-fs daemon of {} did not start: {}",
+                share.source.display(),
+                text.lines().last().unwrap_or("no socket")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(child)
 }
 
 /// Accepts the VMM's connection to the agent port and reads the agent's `ready`, by `deadline`,
@@ -315,7 +376,7 @@ pub struct RunConfig {
 /// Starts the container's process in the VM, relays its output into its log and stop requests
 /// to it, and records how it ended. `on_started` gets the pid to report.
 pub fn run(cfg: &RunConfig, on_started: impl FnOnce(i32)) -> Result<ExitStatus, ShimError> {
-    let process = process_of(&cfg.bundle, &cfg.id, &cfg.disk)?;
+    let process = process_of(&cfg.vm, &cfg.bundle, &cfg.id, &cfg.disk)?;
     let mut log = LogWriter::open(&cfg.log_dir, cfg.rotation)?;
     let mut sock = start(&cfg.vm, process)?;
     on_started(cfg.host_pid);
@@ -354,7 +415,7 @@ pub fn exec(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let id = format!("{container_id}.exec-{}-{nanos}", std::process::id());
-    let mut process = process_of(bundle, &id, disk)?;
+    let mut process = process_of(vm, bundle, &id, disk)?;
     process.args = args;
     let mut sock = start(vm, process)?;
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
@@ -458,7 +519,14 @@ fn follow(
 }
 
 /// The process of the container whose bundle is `bundle`, as the agent runs it under `id`.
-fn process_of(bundle: &std::path::Path, id: &str, disk: &str) -> Result<Process, ShimError> {
+/// The process of the container whose bundle is `bundle`, in VM `vm`: its spec's process, and
+/// its volumes as the VM's shares (its hosts and resolv.conf are in its disk already).
+fn process_of(
+    vm: &VmDir,
+    bundle: &std::path::Path,
+    id: &str,
+    disk: &str,
+) -> Result<Process, ShimError> {
     let config = bundle.join("config.json");
     let bad = |message: String| ShimError::Container {
         id: id.to_owned(),
@@ -470,6 +538,28 @@ fn process_of(bundle: &std::path::Path, id: &str, disk: &str) -> Result<Process,
         .process()
         .as_ref()
         .ok_or_else(|| bad(format!("{} has no process", config.display())))?;
+    let shares = VmSpec::load(vm).map_err(|e| bad(e.to_string()))?.shares;
+    let mut mounts = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination().display().to_string();
+        if m.typ().as_deref() != Some("bind")
+            || ["/etc/hosts", "/etc/resolv.conf"].contains(&dest.as_str())
+        {
+            continue;
+        }
+        let source = m.source().clone().unwrap_or_default();
+        let share = shares.iter().find(|s| s.source == source).ok_or_else(|| {
+            bad(format!(
+                "{} is not shared with the VM (mount at {dest})",
+                source.display()
+            ))
+        })?;
+        mounts.push(VolumeMount {
+            tag: share.tag.clone(),
+            destination: dest,
+            read_only: m.options().iter().flatten().any(|o| o == "ro"),
+        });
+    }
     Ok(Process {
         id: id.to_owned(),
         disk: disk.to_owned(),
@@ -479,5 +569,6 @@ fn process_of(bundle: &std::path::Path, id: &str, disk: &str) -> Result<Process,
         uid: p.user().uid(),
         gid: p.user().gid(),
         additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        mounts,
     })
 }
