@@ -300,7 +300,10 @@ fn microvm_tasks_mount_their_volumes() {
     let (out, _) = logs(&n, &id, "writer");
     assert_eq!(out, "from the node\nREADONLY\n");
     let (out, _) = logs(&n, &id, "reader");
-    assert_eq!(out, "made-in-vm\n", "one container's write, seen by the next");
+    assert_eq!(
+        out, "made-in-vm\n",
+        "one container's write, seen by the next"
+    );
     assert_eq!(
         std::fs::read_to_string(site.join("from-guest")).unwrap(),
         "back\n",
@@ -309,7 +312,10 @@ fn microvm_tasks_mount_their_volumes() {
     assert!(!site.join("x").exists());
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
     assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
-    let fsd = Command::new("pgrep").args(["-af", "virtiofsd"]).output().unwrap();
+    let fsd = Command::new("pgrep")
+        .args(["-af", "virtiofsd"])
+        .output()
+        .unwrap();
     let root = n.root.display().to_string();
     assert!(
         !String::from_utf8_lossy(&fsd.stdout).contains(&root),

@@ -310,11 +310,10 @@ impl Shared {
 impl Agent {
     fn start(&mut self, p: Process) {
         let id = p.id.clone();
-        let msg = match self.spawn(p) {
-            Ok(pid) => Message::Started { id, pid },
-            Err(message) => Message::Failed { id, message },
-        };
-        self.shared.send(&Frame::Message(msg));
+        if let Err(message) = self.spawn(p) {
+            self.shared
+                .send(&Frame::Message(Message::Failed { id, message }));
+        }
     }
 
     /// The root of disk `serial`, mounted on first use.
@@ -368,7 +367,8 @@ impl Agent {
         Ok(at)
     }
 
-    fn spawn(&mut self, p: Process) -> Result<i32, String> {
+    /// Starts `p` and says `started`; the error otherwise.
+    fn spawn(&mut self, p: Process) -> Result<(), String> {
         if p.args.is_empty() {
             return Err("no command".into());
         }
@@ -422,6 +422,12 @@ impl Agent {
         let mut procs = self.shared.procs.lock().expect("procs lock");
         let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", p.args[0]))?;
         let pid = child.id() as i32;
+        // Said before any output is relayed: the host takes the first frame about a process
+        // as the answer to its start.
+        self.shared.send(&Frame::Message(Message::Started {
+            id: p.id.clone(),
+            pid,
+        }));
         let (tx, eof) = channel();
         if let Some(o) = child.stdout.take() {
             self.relay(&p.id, Stream::Stdout, o, tx.clone());
@@ -438,7 +444,7 @@ impl Agent {
                 oom_before,
             },
         );
-        Ok(pid)
+        Ok(())
     }
 
     fn relay(
