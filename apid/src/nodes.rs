@@ -366,43 +366,54 @@ impl Api {
             instance: instance.to_owned(),
             source,
         };
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT attributes FROM container_instances WHERE id = $1")
-                .bind(instance)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(store)?;
-        let Some((text,)) = row else {
-            return Ok(());
-        };
-        let before: Vec<Attribute> = serde_json::from_str(&text).unwrap_or_default();
-        let mut after: Vec<Attribute> = before
-            .iter()
-            .filter(|a| !a.name.starts_with(NODE_CAPABILITY_PREFIX))
-            .cloned()
-            .collect();
-        after.extend(caps.iter().map(|c| Attribute {
-            name: c.clone(),
-            value: None,
-            target_type: None,
-            target_id: None,
-        }));
-        let names = |v: &[Attribute]| -> std::collections::BTreeSet<(String, Option<String>)> {
-            v.iter()
-                .map(|a| (a.name.clone(), a.value.clone()))
-                .collect()
-        };
-        if names(&before) == names(&after) {
-            return Ok(());
-        }
-        tracing::info!(instance, ?caps, "the node's capabilities changed");
-        sqlx::query("UPDATE container_instances SET attributes = $1 WHERE id = $2")
+        // Read, then written only if unchanged meanwhile (an operator's PutAttributes, another
+        // replica): no attribute is lost to a race, on either store, without a lock.
+        loop {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT attributes FROM container_instances WHERE id = $1")
+                    .bind(instance)
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(store)?;
+            let Some((text,)) = row else {
+                return Ok(());
+            };
+            let before: Vec<Attribute> = serde_json::from_str(&text).map_err(|e| {
+                NodeError::Invalid(format!("the stored attributes of {instance}: {e}"))
+            })?;
+            let mut after: Vec<Attribute> = before
+                .iter()
+                .filter(|a| !a.name.starts_with(NODE_CAPABILITY_PREFIX))
+                .cloned()
+                .collect();
+            after.extend(caps.iter().map(|c| Attribute {
+                name: c.clone(),
+                value: None,
+                target_type: None,
+                target_id: None,
+            }));
+            let set = |v: &[Attribute]| -> std::collections::BTreeSet<(String, Option<String>)> {
+                v.iter()
+                    .map(|a| (a.name.clone(), a.value.clone()))
+                    .collect()
+            };
+            if set(&before) == set(&after) {
+                return Ok(());
+            }
+            let written = sqlx::query(
+                "UPDATE container_instances SET attributes = $1 WHERE id = $2 AND attributes = $3",
+            )
             .bind(serde_json::to_string(&after).expect("attributes serialize"))
             .bind(instance)
+            .bind(&text)
             .execute(self.pool())
             .await
             .map_err(store)?;
-        Ok(())
+            if written.rows_affected() == 1 {
+                tracing::info!(instance, ?caps, "the node's capabilities changed");
+                return Ok(());
+            }
+        }
     }
 
     /// One sync of `instance` (see the module documentation).

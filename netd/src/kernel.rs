@@ -36,6 +36,12 @@ pub enum KernelError {
         #[source]
         source: rtnetlink::Error,
     },
+    /// A link has no MAC address or MTU to give a guest.
+    #[error("link {dev} reports no MAC address or MTU")]
+    NoLinkAddress {
+        /// The link.
+        dev: String,
+    },
     /// A system call or file operation failed.
     #[error("{op} {path}")]
     Sys {
@@ -47,6 +53,15 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What a guest takes from a namespace interface it stands in for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Its MTU.
+    pub mtu: u32,
 }
 
 /// A sub-interface kind of the awsvpc LAN modes.
@@ -134,13 +149,14 @@ pub trait Kernel: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), KernelError>> + Send;
     /// A persistent tap `tap` in the namespace at `ns`, up, that stands in for `dev` to a VM:
     /// tc redirects everything arriving on either to the other's egress, so `dev`'s traffic is
-    /// the guest's. Returns `dev`'s MAC address, which the guest's interface takes.
+    /// the guest's. Returns `dev`'s MAC address and MTU, which the guest's interface takes (the
+    /// tap takes the MTU too).
     fn add_tap_redirect(
         &self,
         ns: &Path,
         dev: &str,
         tap: &str,
-    ) -> impl Future<Output = Result<[u8; 6], KernelError>> + Send;
+    ) -> impl Future<Output = Result<LinkInfo, KernelError>> + Send;
     /// Deletes node link `name`; false if there was none.
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, KernelError>> + Send;
     /// The names of the node's links.
@@ -179,17 +195,12 @@ impl Netlink {
 
     /// A connection inside the namespace at `ns`, opened by a thread that entered it.
     async fn in_ns(ns: &Path) -> Result<Handle, KernelError> {
-        let path = ns.to_owned();
         let rt = tokio::runtime::Handle::current();
-        let opened = std::thread::spawn(move || {
+        let (conn, handle, _) = on_ns_thread(ns, move || {
             let _guard = rt.enter();
-            let f = std::fs::File::open(&path)?;
-            setns(&f, CloneFlags::CLONE_NEWNET)?;
             rtnetlink::new_connection()
         })
-        .join()
-        .expect("netns thread");
-        let (conn, handle, _) = opened.map_err(sys("open netlink socket in", ns))?;
+        .map_err(sys("open netlink socket in", ns))?;
         tokio::spawn(conn);
         Ok(handle)
     }
@@ -245,6 +256,22 @@ impl Netlink {
             Err(e) => Err(nl("add route", format!("{} dev {}", r.dest, r.dev))(e)),
         }
     }
+}
+
+/// Runs `f` on a throw-away thread that entered the network namespace at `ns` (setns is per
+/// thread; sockets and devices it makes stay in that namespace).
+fn on_ns_thread<T: Send + 'static>(
+    ns: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let path = ns.to_owned();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)?;
+        setns(&file, CloneFlags::CLONE_NEWNET)?;
+        f()
+    })
+    .join()
+    .expect("netns thread")
 }
 
 /// `protocol all` of a tc filter (the kernel takes it in network byte order).
@@ -372,19 +399,40 @@ impl Kernel for Netlink {
         ns: &Path,
         dev: &str,
         tap: &str,
-    ) -> Result<[u8; 6], KernelError> {
-        let (path, name) = (ns.to_owned(), tap.to_owned());
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path)?;
-            setns(&f, CloneFlags::CLONE_NEWNET)?;
-            crate::sys::make_persistent_tap(&name)
-        })
-        .join()
-        .expect("netns thread")
-        .map_err(sys("make a tap in", ns))?;
+    ) -> Result<LinkInfo, KernelError> {
+        let name = tap.to_owned();
+        on_ns_thread(ns, move || crate::sys::make_persistent_tap(&name))
+            .map_err(sys("make a tap in", ns))?;
         let h = Self::in_ns(ns).await?;
-        Self::up(&h, tap).await?;
         let (di, ti) = (Self::index(&h, dev).await?, Self::index(&h, tap).await?);
+        let msg = h
+            .link()
+            .get()
+            .match_index(di)
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl("find link", dev))?;
+        let attrs: Vec<LinkAttribute> = msg.into_iter().flat_map(|m| m.attributes).collect();
+        let mac = attrs.iter().find_map(|a| match a {
+            LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            _ => None,
+        });
+        let mtu = attrs.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        });
+        let (Some(mac), Some(mtu)) = (mac, mtu) else {
+            return Err(KernelError::NoLinkAddress {
+                dev: dev.to_owned(),
+            });
+        };
+        // The tap carries the interface's frames: the same MTU.
+        h.link()
+            .set(LinkUnspec::new_with_index(ti).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(nl("set up", tap))?;
         for (from, to, name) in [(di, ti, dev), (ti, di, tap)] {
             let from = i32::try_from(from).expect("an ifindex is positive");
             h.qdisc()
@@ -403,21 +451,7 @@ impl Kernel for Netlink {
                 .await
                 .map_err(nl("redirect the ingress of", name))?;
         }
-        let msg = h
-            .link()
-            .get()
-            .match_index(di)
-            .execute()
-            .try_next()
-            .await
-            .map_err(nl("find link", dev))?;
-        msg.into_iter()
-            .flat_map(|m| m.attributes)
-            .find_map(|a| match a {
-                LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac).ok(),
-                _ => None,
-            })
-            .ok_or_else(|| nl("read the MAC address of", dev)(rtnetlink::Error::RequestFailed))
+        Ok(LinkInfo { mac, mtu })
     }
 
     async fn delete_link(&self, name: &str) -> Result<bool, KernelError> {

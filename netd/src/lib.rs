@@ -21,7 +21,7 @@ mod sys;
 
 pub use config::{AwsvpcConfig, LanPool, NetConfig};
 pub use ipam::{Attachment, PortLease, PortRequest, Protocol};
-pub use kernel::{IfAddr, Kernel, Netlink, Route};
+pub use kernel::{IfAddr, Kernel, LinkInfo, Netlink, Route};
 pub use network::{
     GuestNetwork, GuestNic, Mode, NetDirs, NetError, Network, TaskNetwork, TaskRequest,
 };

@@ -124,6 +124,8 @@ pub struct GuestNic {
     pub tap: String,
     /// Its MAC address, the guest interface's.
     pub mac: [u8; 6],
+    /// Its MTU, the guest interface's.
+    pub mtu: u32,
 }
 
 /// Where networking keeps its files.
@@ -475,14 +477,15 @@ impl<K: Kernel, F: Firewall> Network<K, F> {
                 continue;
             }
             let tap = format!("tap{}", nics.len());
-            let mac = self
+            let link = self
                 .kernel
                 .add_tap_redirect(&net.netns, &a.dev, &tap)
                 .await?;
             nics.push(GuestNic {
                 name: a.dev.clone(),
                 tap,
-                mac,
+                mac: link.mac,
+                mtu: link.mtu,
             });
         }
         Ok(GuestNetwork {

@@ -98,10 +98,13 @@ impl Kernel for FakeKernel {
         ns: &std::path::Path,
         dev: &str,
         tap: &str,
-    ) -> Result<[u8; 6], KernelError> {
+    ) -> Result<crate::kernel::LinkInfo, KernelError> {
         let ns = ns.file_name().unwrap().to_string_lossy();
         self.record("tap", format!("{ns} {dev}<->{tap}"))?;
-        Ok([2, 0, 0, 0, 0, tap.len() as u8])
+        Ok(crate::kernel::LinkInfo {
+            mac: [2, 0, 0, 0, 0, tap.len() as u8],
+            mtu: 1500,
+        })
     }
     async fn delete_link(&self, name: &str) -> Result<bool, KernelError> {
         self.record("delete", name.to_owned())?;

@@ -349,6 +349,8 @@ pub async fn provision(
         _ => None,
     };
     let mut disks = Vec::new();
+    // The volume directories some container writes (a VM shares the others read-only).
+    let mut writable = std::collections::HashSet::new();
     for (index, c) in def.container_definitions.iter().enumerate() {
         let runtime_id = rec
             .container(&c.name)
@@ -373,7 +375,13 @@ pub async fn provision(
             .unwrap_or_default();
         env_files.extend(tasknet::metadata_env(rec, &host.net_config, &token));
         let mut mounts = tasknet::etc_mounts(&etc);
-        mounts.extend(volumes.mounts_for(&def, c)?);
+        let vols = volumes.mounts_for(&def, c)?;
+        writable.extend(
+            vols.iter()
+                .filter(|m| !m.options().iter().flatten().any(|o| o == "ro"))
+                .filter_map(|m| m.source().clone()),
+        );
+        mounts.extend(vols);
         let spec = build_spec(&SpecInputs {
             def: c,
             image: &run,
@@ -410,7 +418,7 @@ pub async fn provision(
         }
     }
     if in_vm {
-        let shares = vm::shares(&volumes.all())?;
+        let shares = vm::shares(&volumes.all(), &writable)?;
         let network = match (&rec.network, &host.net) {
             (Some(n), Networking::Ready(net)) => {
                 Some(vm::VmNetwork::of(&n.netns, &net.attach_vm(n).await?))
@@ -818,6 +826,10 @@ pub async fn delete_container(host: &Host, runtime_id: &str) {
 /// (namespace, links, port mappings, address). Idempotent; errors are logged and the rest goes
 /// on.
 pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
+    let cg = TaskCgroup::existing(host.layout.clone(), &host.cgroup_parent, &rec.task_id);
+    // First, a VMM still running (its shim killed, or a skiffd that died while booting it) and
+    // its virtio-fs daemons: they use the task's volumes, disks and address.
+    cg.kill_child(vm::VMM_CGROUP).await;
     if let Err(e) = volumes::remove_task_volumes(&volume_dirs(host, task_dir)) {
         tracing::warn!(task = %rec.task_id, error = %e, "removing task volumes");
     }
@@ -840,10 +852,6 @@ pub async fn release(host: &Host, rec: &TaskRecord, task_dir: &Path) {
     {
         tracing::warn!(task = %rec.task_id, error = %e, "releasing the task's network");
     }
-    let cg = TaskCgroup::existing(host.layout.clone(), &host.cgroup_parent, &rec.task_id);
-    // A VMM still running (its shim killed, or a skiffd that died while booting it) holds the
-    // cgroup and the disks.
-    cg.kill_child(vm::VMM_CGROUP).await;
     vm::remove_disks(&VmDir::of(task_dir));
     if let Err(e) = cg.remove() {
         tracing::warn!(task = %rec.task_id, error = %e, "removing task cgroup");

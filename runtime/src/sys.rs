@@ -26,3 +26,63 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Makes `cmd`'s child a virtio-fs daemon's: `listener` (a listening socket the caller keeps
+/// open until the spawn) becomes its fd 3, and, when `read_only` is given, it runs in a mount
+/// namespace of its own where that directory is a read-only bind of itself (with nosuid and
+/// nodev), so a guest cannot write a volume no container may write, whatever it mounts.
+pub fn share_daemon(
+    cmd: &mut std::process::Command,
+    listener: std::os::fd::RawFd,
+    read_only: Option<std::ffi::CString>,
+) {
+    use nix::mount::{MsFlags, mount};
+    use std::os::unix::process::CommandExt;
+    let run = move || -> nix::Result<()> {
+        if listener == 3 {
+            // dup2 onto itself would leave close-on-exec set.
+            nix::fcntl::fcntl(
+                3,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+        } else {
+            nix::unistd::dup2(listener, 3)?;
+        }
+        if let Some(dir) = &read_only {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
+            mount(
+                Some(dir.as_c_str()),
+                dir.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+            mount(
+                None::<&str>,
+                dir.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV,
+                None::<&str>,
+            )?;
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // work is sound: it makes system calls only (fcntl, dup2, unshare, mount) on values
+    // computed before the fork (the CString; nix passes CStr paths without allocating), and
+    // returns errors as values without panicking.
+    unsafe {
+        cmd.pre_exec(move || run().map_err(std::io::Error::from));
+    }
+}

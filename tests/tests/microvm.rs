@@ -267,6 +267,28 @@ fn microvm_tasks_are_on_the_task_network() {
         get(&lan.ns, "192.168.77.1:8080").is_err(),
         "the mapping went with the task"
     );
+    drop((lan, n));
+
+    // macvlan: a LAN address of its own, and a second interface (meta0) for the metadata
+    // endpoint: two NICs the guest tells apart by MAC address.
+    let n = Skiffd::start(&format!(
+        "{}[network.awsvpc]\nmode = \"macvlan\"\nparent = \"uplink0\"\nsubnet = \"192.168.77.0/24\"\nfirst = \"192.168.77.100\"\nlast = \"192.168.77.110\"\ngateway = \"192.168.77.2\"\n",
+        vm_config()
+    ));
+    let lan = Lan::attach(&n);
+    let m = n.run_def(&web("awsvpc", r#"{"containerPort":80}"#), false);
+    let boot_m = until(60, "the macvlan guest's page", || {
+        get(&lan.ns, "192.168.77.100:80").ok()
+    });
+    assert_ne!(boot_m, host_boot.trim());
+    let sh = |script: &str| n.ok(&["exec", &m, "web", "--", "sh", "-c", script]);
+    assert!(sh("ip -4 addr show meta0").contains("169.254.172."));
+    let meta = sh("wget -qO- $ECS_CONTAINER_METADATA_URI_V4/task");
+    assert!(meta.contains(&m), "{meta}");
+    n.ok(&["task", "stop", &m]);
+    n.wait_stopped(&m);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
 }
 
 #[test]
@@ -280,25 +302,32 @@ fn microvm_tasks_mount_their_volumes() {
     let site = n.dir.path().join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "from the node\n").unwrap();
+    // `locked`, read-only at every mount point, is shared read-only: a container that mounts
+    // the share itself (it is root in the guest) still cannot write it. Shares are tagged in
+    // the order of the volumes' names: locked is v0.
+    let locked = n.dir.path().join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
     let def = fargate(
         256,
         &[
-            r#""name":"writer","essential":false,"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/site","readOnly":true}],"command":["sh","-c","cat /site/index.html; echo made-in-vm > /shared/note; if touch /site/x 2>/dev/null; then echo WROTE; else echo READONLY; fi"]"#,
+            r#""name":"writer","essential":false,"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/site","readOnly":true},{"sourceVolume":"locked","containerPath":"/locked","readOnly":true}],"command":["sh","-c","cat /site/index.html; echo made-in-vm > /shared/note; if touch /site/x 2>/dev/null; then echo WROTE; else echo READONLY; fi; mkdir /m && mount -t virtiofs v0 /m && if touch /m/x 2>/dev/null; then echo WROTE; else echo READONLY; fi"]"#,
             r#""name":"reader","dependsOn":[{"containerName":"writer","condition":"COMPLETE"}],"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/out"}],"command":["sh","-c","cat /shared/note; echo back > /out/from-guest"]"#,
         ],
     )
     .replace(
         r#""containerDefinitions""#,
         &format!(
-            r#""volumes":[{{"name":"site","host":{{"sourcePath":"{}"}}}},{{"name":"scratch"}}],"containerDefinitions""#,
-            site.display()
+            r#""volumes":[{{"name":"site","host":{{"sourcePath":"{}"}}}},{{"name":"scratch"}},{{"name":"locked","host":{{"sourcePath":"{}"}}}}],"containerDefinitions""#,
+            site.display(),
+            locked.display()
         ),
     );
     let id = n.run_def(&def, true);
     let rec = n.wait_stopped(&id);
     assert_eq!(Skiffd::container(&rec, "reader")["exitCode"], 0, "{rec:#}");
     let (out, _) = logs(&n, &id, "writer");
-    assert_eq!(out, "from the node\nREADONLY\n");
+    assert_eq!(out, "from the node\nREADONLY\nREADONLY\n");
+    assert!(!locked.join("x").exists());
     let (out, _) = logs(&n, &id, "reader");
     assert_eq!(
         out, "made-in-vm\n",

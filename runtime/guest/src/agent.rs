@@ -2,10 +2,12 @@
 //!
 //! It mounts the kernel's filesystems, loads the virtio modules the distribution kernel keeps
 //! as modules (listed in load order in `/lib/modules/load-order` by the initramfs builder),
-//! finds its virtio-serial port by name, and says [`Message::Ready`]. Then it runs what the
+//! finds its virtio-serial port by name, and says [`Message::Ready`]; it sets the guest's
+//! network up as the host's [`Message::Configure`] says ([`crate::net`]). Then it runs what the
 //! host asks: each process in its container's root filesystem (a virtio-blk disk, found by its
 //! serial and mounted on first use), in a mount namespace of its own with a private /dev,
-//! /proc and a read-only /sys, as the container's user, its stdout and stderr relayed as frames; it reaps every
+//! /proc and a read-only /sys, with its volumes (virtio-fs shares, mounted once under
+//! /run/volumes, bound at the container's mount points), as the container's user, its stdout and stderr relayed as frames; it reaps every
 //! process (it is init), reports exits after their output, and powers the VM off on
 //! [`Message::Shutdown`] or when the host goes away.
 //!

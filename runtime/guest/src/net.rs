@@ -79,16 +79,24 @@ pub fn configure(
 ) -> Result<(), NetError> {
     let rtnl = Rtnl::open()?;
     rtnl.up(index_of("lo")?, "lo")?;
+    let mut indexes = Vec::new();
     for i in &cfg.interfaces {
         let dev = nic(&i.mac).ok_or_else(|| NetError::NoDevice {
             mac: mac_string(&i.mac),
             name: i.name.clone(),
         })?;
-        let current = dev.file_name().map(|n| n.to_string_lossy().into_owned());
-        let index = read_index(&dev)?;
-        // Renamed while down (the kernel refuses to rename a running device), then up.
-        if current.as_deref() != Some(i.name.as_str()) {
-            rtnl.rename(index, &i.name)?;
+        indexes.push(read_index(&dev)?);
+    }
+    // Renamed while down (the kernel refuses to rename a running device), in two steps: the
+    // kernel may have named one device what another is to be called (devices probe in no
+    // fixed order).
+    for (n, &index) in indexes.iter().enumerate() {
+        rtnl.rename(index, &format!("skiffnic{n}"))?;
+    }
+    for (i, &index) in cfg.interfaces.iter().zip(&indexes) {
+        rtnl.rename(index, &i.name)?;
+        if i.mtu > 0 {
+            rtnl.set_mtu(index, i.mtu, &i.name)?;
         }
         for a in &i.addresses {
             rtnl.add_address(index, a.address.into(), a.prefix_len, &i.name)?;
@@ -164,6 +172,14 @@ impl Rtnl {
         m.header.change_mask = LinkFlags::Up;
         self.request(RouteNetlinkMessage::SetLink(m), 0)
             .map_err(kernel("set up", what))
+    }
+
+    fn set_mtu(&self, index: u32, mtu: u32, what: &str) -> Result<(), NetError> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+            .map_err(kernel("set the MTU of", what))
     }
 
     fn rename(&self, index: u32, name: &str) -> Result<(), NetError> {

@@ -22,7 +22,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 pub const PORT_NAME: &str = "skiff.agent";
 
 /// The protocol's version, sent in [`Message::Ready`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// What a process runs, where, and as whom: the OCI process of the container's spec, resolved
 /// by the host (numeric ids: the guest has no user database of its own to consult).
@@ -82,6 +82,9 @@ pub struct Interface {
     pub mac: [u8; 6],
     /// The name it gets (`eth0`, `meta0`).
     pub name: String,
+    /// Its MTU (the namespace interface's); 0 leaves the device's.
+    #[serde(default)]
+    pub mtu: u32,
     /// Its addresses.
     pub addresses: Vec<Cidr>,
 }
@@ -375,6 +378,7 @@ mod tests {
                 interfaces: vec![Interface {
                     mac: [2, 0, 0, 0, 0, 1],
                     name: "eth0".into(),
+                    mtu: 1450,
                     addresses: vec![cidr([10, 0, 0, 2], 32)],
                 }],
                 routes: vec![

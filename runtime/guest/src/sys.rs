@@ -88,6 +88,14 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             None::<&str>,
         );
+        // Read-only, as OCI runtimes mount it: the guest's devices, its network's among them.
+        let _ = mount(
+            Some("sysfs"),
+            c.sys.as_c_str(),
+            Some("sysfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        );
         for (src, dst, ro) in &c.binds {
             mount(
                 Some(src.as_c_str()),
@@ -101,19 +109,15 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
                     None::<&str>,
                     dst.as_c_str(),
                     None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    MsFlags::MS_BIND
+                        | MsFlags::MS_REMOUNT
+                        | MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV,
                     None::<&str>,
                 )?;
             }
         }
-        // Read-only, as OCI runtimes mount it: the guest's devices, its network's among them.
-        let _ = mount(
-            Some("sysfs"),
-            c.sys.as_c_str(),
-            Some("sysfs"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        );
         chroot(c.root.as_c_str())?;
         chdir("/")?;
         chdir(c.cwd.as_c_str())?;

@@ -120,8 +120,10 @@ pub struct VmConfig {
     /// How long a VM may take to boot to its agent.
     #[serde(deserialize_with = "duration")]
     pub boot_timeout: Duration,
-    /// The virtio-fs daemon that shares a task's volumes with its VM (QEMU's, in Debian's
-    /// qemu-system-common; the Rust `virtiofsd` takes the same options).
+    /// The virtio-fs daemon that shares a task's volumes with its VM: the Rust `virtiofsd`
+    /// (`/usr/libexec/virtiofsd`, Debian 13's package) or QEMU's C one
+    /// (`/usr/lib/qemu/virtiofsd`, Debian 12's qemu-system-common), whichever is there; both
+    /// take the options Skiff gives (`--fd`, `-o source=`, `-o cache=`).
     pub virtiofsd: PathBuf,
 }
 
@@ -144,7 +146,12 @@ impl Default for VmConfig {
             accel: Accel::Auto,
             overhead_mib: 256,
             boot_timeout: Duration::from_secs(60),
-            virtiofsd: PathBuf::from("/usr/lib/qemu/virtiofsd"),
+            // Debian 12's QEMU ships it; later releases package the Rust one separately.
+            virtiofsd: ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from("/usr/libexec/virtiofsd")),
         }
     }
 }
@@ -258,7 +265,10 @@ impl VmSupport {
             return self;
         }
         let started = std::time::Instant::now();
-        let booted = boot_canary(h, shim, dir).await;
+        // The shim has its own deadlines; this one bounds skiffd's start whatever happens.
+        let booted = tokio::time::timeout(CANARY_TIMEOUT * 2, boot_canary(h, shim, dir))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", CANARY_TIMEOUT * 2)));
         let _ = std::fs::remove_dir_all(dir);
         match booted {
             Ok(()) => {
@@ -419,8 +429,12 @@ pub struct VmSpec {
 }
 
 /// The shares of a task's volumes: one per volume (`v0`, `v1`, ... in the order of
-/// `volumes`), each its node directory.
-pub fn shares(volumes: &[(String, PathBuf)]) -> Result<Vec<Share>, VmError> {
+/// `volumes`), each its node directory, read-only unless in `writable` (the directories some
+/// container mounts read-write).
+pub fn shares(
+    volumes: &[(String, PathBuf)],
+    writable: &std::collections::HashSet<PathBuf>,
+) -> Result<Vec<Share>, VmError> {
     volumes
         .iter()
         .enumerate()
@@ -440,6 +454,7 @@ pub fn shares(volumes: &[(String, PathBuf)]) -> Result<Vec<Share>, VmError> {
             Ok(Share {
                 tag: format!("v{i}"),
                 source: path.clone(),
+                read_only: !writable.contains(path),
             })
         })
         .collect()
@@ -462,6 +477,10 @@ pub struct Share {
     pub tag: String,
     /// The directory.
     pub source: PathBuf,
+    /// No container of the task may write it: shared read-only (a guest's root can mount a
+    /// share itself, so a container's read-only bind alone would not hold).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A VM's share of its task's network: the VMM runs in the task's network namespace, where a
@@ -491,6 +510,7 @@ impl VmNetwork {
             .map(|n| Interface {
                 mac: n.mac,
                 name: n.name.clone(),
+                mtu: n.mtu,
                 addresses: g
                     .addrs
                     .iter()
@@ -646,8 +666,9 @@ impl Vmm for Qemu {
                 ))
                 .arg("-device")
                 .arg(format!(
-                    "virtio-net-device,netdev=n{i},mac={}",
-                    skiff_guest::net::mac_string(&nic.mac)
+                    "virtio-net-device,netdev=n{i},mac={},host_mtu={}",
+                    skiff_guest::net::mac_string(&nic.mac),
+                    nic.mtu
                 ));
         }
         // vhost-user devices read the guest's memory: it must be shared memory (a memfd).
@@ -711,6 +732,7 @@ mod tests {
                     interfaces: vec![Interface {
                         mac: [2, 0, 0, 0, 0, 0xab],
                         name: "eth0".into(),
+                        mtu: 1500,
                         addresses: Vec::new(),
                     }],
                     routes: Vec::new(),
@@ -719,6 +741,7 @@ mod tests {
             shares: vec![Share {
                 tag: "v0".into(),
                 source: "/srv/data".into(),
+                read_only: false,
             }],
             virtiofsd: "/usr/lib/qemu/virtiofsd".into(),
         };
@@ -758,7 +781,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains("-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:ab"),
+            line.contains("-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off -device virtio-net-device,netdev=n0,mac=02:00:00:00:00:ab,host_mtu=1500"),
             "{line}"
         );
         let kvm = Qemu.command(

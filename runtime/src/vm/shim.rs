@@ -4,7 +4,10 @@
 //!
 //! `serve` puts itself in the task's cgroup (`<task>/.vmm`: the VMM's memory, the guest's
 //! included, counts against the task), listens on the agent socket before starting the VMM (so
-//! that nothing the guest says is lost), waits for the agent's `ready`, prints
+//! that nothing the guest says is lost), starts a virtio-fs daemon per volume (on a socket it
+//! listens on first, so the VMM connects at once; read-only volumes shared from a read-only
+//! view), enters the task's network namespace (where the VMM opens the taps netd made), waits
+//! for the agent's `ready`, gives it the guest's network (`configure`), prints
 //! `ready <vmm pid>`, then forwards each client's `start` and `signal` to the agent and the
 //! agent's output and exits back to the client that started the process. SIGTERM powers the
 //! VM off (the agent's `shutdown`), SIGKILL'ing the VMM if it does not stop in time. The VMM
@@ -16,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -47,23 +50,14 @@ pub fn serve(
     for p in cgroup_procs {
         std::fs::write(p, &me).map_err(io("join cgroup", p))?;
     }
-    let listen = |p: PathBuf| -> Result<UnixListener, VmError> {
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &p)(e)),
-            _ => {}
-        }
-        UnixListener::bind(&p).map_err(io("listen on", &p))
-    };
-    let agent_listener = listen(dir.agent_socket())?;
-    let control = listen(dir.control_socket())?;
+    let agent_listener = listen(&dir.agent_socket())?;
+    let control = listen(&dir.control_socket())?;
     // Blocked before any thread starts, so that stop requests reach the signalfd only.
     let signals = stop_requests().map_err(|e| io("block signals in", &dir.0)(e.into()))?;
-    let shares = Children(
-        spec.shares
-            .iter()
-            .map(|share| share_daemon(&spec, dir, share))
-            .collect::<Result<_, _>>()?,
-    );
+    let mut shares = Children(Vec::new());
+    for share in &spec.shares {
+        shares.0.push(share_daemon(&spec, dir, share)?);
+    }
     // The VMM opens the task's taps by name: it runs in the task's network namespace (this
     // process has no other use for a network; its sockets are unix ones, bound already).
     if let Some(n) = &spec.network {
@@ -181,46 +175,41 @@ impl Drop for Children {
     }
 }
 
-/// Starts the virtio-fs daemon of `share` and waits until its socket is there for the VMM.
+/// Starts the virtio-fs daemon of `share` on a socket this process binds and listens on
+/// first, so the VMM can connect at once (the daemon accepts on it as fd 3).
 fn share_daemon(
     spec: &VmSpec,
     dir: &VmDir,
     share: &super::Share,
 ) -> Result<std::process::Child, VmError> {
-    let sock = dir.share_socket(&share.tag);
-    match std::fs::remove_file(&sock) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &sock)(e)),
-        _ => {}
-    }
+    let listener = listen(&dir.share_socket(&share.tag))?;
     let log = dir.0.join(format!("virtiofsd-{}.log", share.tag));
     let mut cmd = std::process::Command::new(&spec.virtiofsd);
-    cmd.arg(format!("--socket-path={}", sock.display()))
+    cmd.arg("--fd=3")
         .arg("-o")
         .arg(format!("source={}", share.source.display()))
         .args(["-o", "cache=auto"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).map_err(io("create", &log))?);
+    let read_only = share
+        .read_only
+        .then(|| std::ffi::CString::new(share.source.as_os_str().as_encoded_bytes()))
+        .transpose()
+        .map_err(|e| io("share", &share.source)(std::io::Error::other(e)))?;
+    crate::sys::share_daemon(&mut cmd, listener.as_raw_fd(), read_only);
     crate::sys::die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| VmError::Boot(format!("starting {}: {e}", spec.virtiofsd.display())))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        let exited = child.try_wait().ok().flatten();
-        if exited.is_some() || Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(VmError::Boot(format!(
-                "the virtio-fs daemon of {} did not start: {}",
-                share.source.display(),
-                text.lines().last().unwrap_or("no socket")
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    cmd.spawn()
+        .map_err(|e| VmError::Boot(format!("starting {}: {e}", spec.virtiofsd.display())))
+}
+
+/// A unix socket listening at `path`, whatever was there before.
+fn listen(path: &std::path::Path) -> Result<UnixListener, VmError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", path)(e)),
+        _ => {}
     }
-    Ok(child)
+    UnixListener::bind(path).map_err(io("listen on", path))
 }
 
 /// Accepts the VMM's connection to the agent port and reads the agent's `ready`, by `deadline`,
@@ -518,9 +507,9 @@ fn follow(
     }
 }
 
-/// The process of the container whose bundle is `bundle`, as the agent runs it under `id`.
-/// The process of the container whose bundle is `bundle`, in VM `vm`: its spec's process, and
-/// its volumes as the VM's shares (its hosts and resolv.conf are in its disk already).
+/// The process of the container whose bundle is `bundle`, run by the agent of VM `vm` as `id`:
+/// its spec's process, and its volumes as the VM's shares (its hosts and resolv.conf are in
+/// its disk already).
 fn process_of(
     vm: &VmDir,
     bundle: &std::path::Path,
