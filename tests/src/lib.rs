@@ -1369,6 +1369,59 @@ impl Drop for Skiffd {
     }
 }
 
+/// Runs `shim` (a `skiff-shim exec --tty`, or `skiff exec -t`) with a new pty of 40 rows and 100 columns as its
+/// stdio, types `input`, and returns its exit code and everything it wrote (without the
+/// terminal's carriage returns). Checks that the shim restored the terminal's settings.
+pub fn in_pty(mut shim: Command, input: &str) -> (i32, String) {
+    use nix::pty::{Winsize, openpty};
+    use nix::sys::termios::tcgetattr;
+    use std::io::{Read, Write};
+
+    let size = Winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = openpty(Some(&size), None).unwrap();
+    let before = tcgetattr(&pty.master).unwrap();
+    shim.stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave);
+    let mut child = shim.spawn().unwrap();
+    // Without the test's copies of the slave, the master reads EIO once the shim is gone.
+    drop(shim);
+    let mut master = std::fs::File::from(pty.master);
+    master.write_all(input.as_bytes()).unwrap();
+    let mut reader = master.try_clone().unwrap();
+    let output = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out); // ends with EIO
+        out
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = String::from_utf8_lossy(&output.join().unwrap()).replace('\r', "");
+    let after = tcgetattr(&master).unwrap();
+    assert_eq!(
+        after.local_flags, before.local_flags,
+        "terminal restored: {out}"
+    );
+    assert_eq!(
+        after.input_flags, before.input_flags,
+        "terminal restored: {out}"
+    );
+    (status.code().unwrap_or(-1), out)
+}
+
 /// Runs `f` on a thread of its own inside the network namespace bound at `ns` (sockets it opens
 /// stay in that namespace).
 pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use skiff_tests::ecs::until;
 use skiff_tests::{
-    Apid, BUSYBOX, ControlNet, Lan, Skiffd, get, privileged, serve_peer, workspace_bin,
+    Apid, BUSYBOX, ControlNet, Lan, Skiffd, get, in_pty, privileged, serve_peer, workspace_bin,
 };
 
 /// The kernel and initramfs, made once per test process.
@@ -157,6 +157,34 @@ fn fargate_tasks_run_in_a_microvm_of_their_own() {
         .unwrap();
     assert_eq!(exec.status.code(), Some(4), "{exec:?}");
     assert_eq!(String::from_utf8_lossy(&exec.stdout), format!("{boot}0\n"));
+    // Its stdin reaches the guest's process, to its end.
+    let mut piped = n
+        .cmd(&[
+            "exec",
+            &id,
+            "svc",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut piped.stdin.take().unwrap(), b"typed in\n").unwrap();
+    let out = piped.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "TYPED IN\ndone\n");
+    // exec -t: a terminal in the guest, at the caller's window size; what is typed is echoed
+    // by it, and the caller's terminal is restored after.
+    let (code, out) = in_pty(
+        n.cmd(&["exec", "-t", &id, "svc", "--", "sh"]),
+        "tty; stty size; echo $TERM; exit 3\n",
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("40 100"), "the window size: {out}");
+    assert!(out.contains("xterm"), "{out}");
+    assert!(!out.contains("not a tty"), "{out}");
     // Up: skiffd is killed and restarted; the VM and its containers carry on and are adopted.
     n.kill9();
     n.spawn();

@@ -24,7 +24,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,6 +127,14 @@ fn serve(mut agent: Agent, mut reader: File) -> Result<(), AgentError> {
             }
             Some(Frame::Message(Message::Start(p))) => agent.start(p),
             Some(Frame::Message(Message::Signal { id, signal })) => agent.signal(&id, signal),
+            Some(Frame::Output {
+                id,
+                stream: Stream::Stdin,
+                data,
+            }) => agent.shared.input(&id, data),
+            Some(Frame::Message(Message::Resize { id, rows, cols })) => {
+                agent.shared.resize(&id, rows, cols);
+            }
             Some(other) => eprintln!("skiff-agent: ignoring {other:?}"),
         }
     }
@@ -144,7 +152,13 @@ pub fn power_off() -> ! {
 }
 
 fn mount_kernel_filesystems() -> Result<(), AgentError> {
-    for (fs, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
+    // devpts for the terminals of `exec -t` (openpty opens /dev/ptmx, then /dev/pts/N).
+    for (fs, target) in [
+        ("proc", "/proc"),
+        ("sysfs", "/sys"),
+        ("devtmpfs", "/dev"),
+        ("devpts", "/dev/pts"),
+    ] {
         let target = Path::new(target);
         std::fs::create_dir_all(target).map_err(boot_err("create", target))?;
         match mount(Some(fs), target, Some(fs), MsFlags::empty(), None::<&str>) {
@@ -233,6 +247,12 @@ struct Entry {
     id: String,
     /// One message per output stream at its end.
     eof: Receiver<()>,
+    /// How many output streams it has (one with a terminal).
+    streams: usize,
+    /// Its stdin's writer thread, while the host keeps it open.
+    stdin: Option<Sender<Vec<u8>>>,
+    /// Its terminal's master side, to size it.
+    terminal: Option<File>,
     oom_before: u64,
 }
 
@@ -240,6 +260,20 @@ struct Entry {
 struct Procs {
     by_pid: HashMap<i32, Entry>,
     by_id: HashMap<String, i32>,
+}
+
+/// A thread writing what the host sends to a process's stdin, so that a process that does not
+/// read it never blocks the agent; the stdin closes when the sender goes.
+fn feed(mut to: Box<dyn Write + Send>) -> Sender<Vec<u8>> {
+    let (tx, rx) = channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for data in rx {
+            if to.write_all(&data).is_err() {
+                break;
+            }
+        }
+    });
+    tx
 }
 
 /// What the main thread, the reaper and the output relays share: the writer to the host and
@@ -261,6 +295,37 @@ struct Agent {
 }
 
 impl Shared {
+    /// Host input for process `id`'s stdin; empty closes it.
+    fn input(&self, id: &str, data: Vec<u8>) {
+        let mut procs = self.procs.lock().expect("procs lock");
+        let Some(pid) = procs.by_id.get(id).copied() else {
+            return;
+        };
+        let Some(entry) = procs.by_pid.get_mut(&pid) else {
+            return;
+        };
+        if data.is_empty() {
+            entry.stdin = None;
+        } else if let Some(tx) = &entry.stdin {
+            let _ = tx.send(data);
+        }
+    }
+
+    /// Sizes process `id`'s terminal, if it has one.
+    fn resize(&self, id: &str, rows: u16, cols: u16) {
+        let procs = self.procs.lock().expect("procs lock");
+        let terminal = procs
+            .by_id
+            .get(id)
+            .and_then(|pid| procs.by_pid.get(pid))
+            .and_then(|e| e.terminal.as_ref());
+        if let Some(t) = terminal
+            && let Err(e) = crate::sys::set_window_size(t, rows, cols)
+        {
+            eprintln!("skiff-agent: sizing the terminal of {id}: {e}");
+        }
+    }
+
     fn send(&self, f: &Frame) {
         let mut out = self.out.lock().expect("writer lock");
         if let Err(e) = write_frame(&mut *out, f) {
@@ -292,7 +357,7 @@ impl Shared {
             let Some(entry) = entry else { continue };
             // Its output first: both streams to their end, unless a child it left behind
             // holds them open.
-            for _ in 0..2 {
+            for _ in 0..entry.streams {
                 if entry.eof.recv_timeout(Duration::from_secs(1)).is_err() {
                     break;
                 }
@@ -398,6 +463,8 @@ impl Agent {
         let confinement = Confinement {
             root: cstr(&root)?,
             dev: cstr(&root.join("dev"))?,
+            pts: cstr(&root.join("dev/pts"))?,
+            ptmx: cstr(&root.join("dev/ptmx"))?,
             proc: cstr(&root.join("proc"))?,
             sys: cstr(&root.join("sys"))?,
             devices: DEVICES
@@ -409,14 +476,30 @@ impl Agent {
             gid: p.gid,
             groups: p.additional_gids.clone(),
             binds,
+            controlling_terminal: p.tty,
         };
         let mut cmd = Command::new(&p.args[0]);
         cmd.args(&p.args[1..])
             .env_clear()
-            .envs(p.env.iter().filter_map(|kv| kv.split_once('=')))
-            .stdin(Stdio::null())
+            .envs(p.env.iter().filter_map(|kv| kv.split_once('=')));
+        // With a terminal: its slave side is the process's stdio, the master relayed.
+        let master = if p.tty {
+            let pty =
+                nix::pty::openpty(None, None).map_err(|e| format!("allocating a terminal: {e}"))?;
+            let slave = File::from(pty.slave);
+            let dup = |f: &File| f.try_clone().map_err(|e| format!("terminal: {e}"));
+            cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
+            Some(File::from(pty.master))
+        } else {
+            cmd.stdin(if p.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+            None
+        };
         confine(&mut cmd, confinement);
         let oom_before = oom_kills();
         // Held across the spawn: the reaper looks a pid up only under this lock, so it cannot
@@ -430,19 +513,40 @@ impl Agent {
             id: p.id.clone(),
             pid,
         }));
+        // The parent's copies of the terminal's slave side go, so that the master reads its
+        // end when the process's side is closed.
+        drop(cmd);
         let (tx, eof) = channel();
-        if let Some(o) = child.stdout.take() {
-            self.relay(&p.id, Stream::Stdout, o, tx.clone());
-        }
-        if let Some(e) = child.stderr.take() {
-            self.relay(&p.id, Stream::Stderr, e, tx);
-        }
+        let (streams, stdin, terminal) = match master {
+            Some(master) => {
+                let clone = || master.try_clone().map_err(|e| format!("terminal: {e}"));
+                self.relay(&p.id, Stream::Stdout, clone()?, tx);
+                let input: Box<dyn Write + Send> = Box::new(clone()?);
+                (1, Some(input), Some(master))
+            }
+            None => {
+                if let Some(o) = child.stdout.take() {
+                    self.relay(&p.id, Stream::Stdout, o, tx.clone());
+                }
+                if let Some(e) = child.stderr.take() {
+                    self.relay(&p.id, Stream::Stderr, e, tx);
+                }
+                let input = child
+                    .stdin
+                    .take()
+                    .map(|w| Box::new(w) as Box<dyn Write + Send>);
+                (2, input, None)
+            }
+        };
         procs.by_id.insert(p.id.clone(), pid);
         procs.by_pid.insert(
             pid,
             Entry {
                 id: p.id,
                 eof,
+                streams,
+                stdin: stdin.map(feed),
+                terminal,
                 oom_before,
             },
         );

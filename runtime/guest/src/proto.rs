@@ -46,6 +46,13 @@ pub struct Process {
     /// Supplementary groups.
     #[serde(default)]
     pub additional_gids: Vec<u32>,
+    /// Its stdin is the host's to write (`Stream::Stdin` frames); otherwise /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// A terminal as its stdin, stdout and stderr (and controlling terminal), sized by
+    /// [`Message::Resize`]; its output comes as stdout.
+    #[serde(default)]
+    pub tty: bool,
     /// Volumes: shared directories of the host (virtio-fs) bound into the root.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<VolumeMount>,
@@ -164,6 +171,15 @@ pub enum Message {
         /// The signal number.
         signal: i32,
     },
+    /// Host → agent: the window size of a process's terminal.
+    Resize {
+        /// Its id.
+        id: String,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
     /// Agent → host: the process ended; its output has been sent before this.
     Exited {
         /// Its id.
@@ -189,6 +205,7 @@ impl Message {
             Self::Started { id, .. }
             | Self::Failed { id, .. }
             | Self::Signal { id, .. }
+            | Self::Resize { id, .. }
             | Self::Exited { id, .. } => Some(id),
             Self::Ready { .. }
             | Self::Configure { .. }
@@ -198,13 +215,15 @@ impl Message {
     }
 }
 
-/// Which output stream.
+/// Which stream of a process a data frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
-    /// Standard output.
+    /// Standard output (a terminal's output too).
     Stdout,
     /// Standard error.
     Stderr,
+    /// Standard input, host to agent (a terminal's input too); empty data closes it.
+    Stdin,
 }
 
 /// One frame.
@@ -247,6 +266,7 @@ pub enum ProtoError {
 const KIND_MESSAGE: u8 = 0;
 const KIND_STDOUT: u8 = 1;
 const KIND_STDERR: u8 = 2;
+const KIND_STDIN: u8 = 3;
 
 /// Encodes `frame` (one `write_all`, so that frames from several threads sharing a locked
 /// writer never interleave).
@@ -261,6 +281,7 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
             body.push(match stream {
                 Stream::Stdout => KIND_STDOUT,
                 Stream::Stderr => KIND_STDERR,
+                Stream::Stdin => KIND_STDIN,
             });
             // Ids are a container's runtime id (a task id and a name of up to 255 bytes) or
             // an exec's, longer: two bytes of length.
@@ -318,6 +339,7 @@ fn decode(body: &[u8]) -> Result<Frame, ProtoError> {
         }
         KIND_STDOUT => Stream::Stdout,
         KIND_STDERR => Stream::Stderr,
+        KIND_STDIN => Stream::Stdin,
         k => return Err(ProtoError::Malformed(format!("unknown kind {k}"))),
     };
     let (n, rest) = rest
@@ -363,12 +385,24 @@ mod tests {
             uid: 1000,
             gid: 1000,
             additional_gids: vec![50],
+            stdin: true,
+            tty: true,
             mounts: vec![VolumeMount {
                 tag: "v0".into(),
                 destination: "/data".into(),
                 read_only: true,
             }],
         })));
+        roundtrip(Frame::Message(Message::Resize {
+            id: "t-web".into(),
+            rows: 40,
+            cols: 100,
+        }));
+        roundtrip(Frame::Output {
+            id: "t-web.exec-1".into(),
+            stream: Stream::Stdin,
+            data: b"ls\r".to_vec(),
+        });
         let cidr = |a: [u8; 4], prefix_len| Cidr {
             address: a.into(),
             prefix_len,

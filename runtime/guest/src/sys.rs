@@ -1,5 +1,5 @@
-//! The agent's one unsafe call: confining a container process between fork and exec
-//! (docs/conventions.md: unsafe code lives in `sys` modules).
+//! The agent's unsafe calls: confining a container process between fork and exec, and sizing
+//! a terminal (docs/conventions.md: unsafe code lives in `sys` modules).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -9,7 +9,7 @@ use std::process::Command;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-use nix::unistd::{Gid, Uid, chdir, chroot, setgid, setgroups, setsid, setuid};
+use nix::unistd::{Gid, Uid, chdir, chroot, mkdir, setgid, setgroups, setsid, setuid, symlinkat};
 
 /// Where and as whom a container process runs.
 #[derive(Debug)]
@@ -18,6 +18,10 @@ pub struct Confinement {
     pub root: CString,
     /// `root/dev`, where a tmpfs with the standard devices is mounted.
     pub dev: CString,
+    /// `root/dev/pts`, where the guest's devpts is bound.
+    pub pts: CString,
+    /// `root/dev/ptmx`, a symlink to `pts/ptmx`.
+    pub ptmx: CString,
     /// `root/proc`, where its procfs is mounted.
     pub proc: CString,
     /// `root/sys`, where sysfs is mounted read-only.
@@ -34,6 +38,8 @@ pub struct Confinement {
     pub groups: Vec<u32>,
     /// Bind mounts into the root: source, target (inside `root`), read-only.
     pub binds: Vec<(CString, CString, bool)>,
+    /// Its stdin is a terminal that becomes its controlling terminal.
+    pub controlling_terminal: bool,
 }
 
 /// The character devices a container gets in its /dev (as OCI runtimes create them).
@@ -53,6 +59,14 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
     let groups: Vec<Gid> = c.groups.iter().copied().map(Gid::from_raw).collect();
     let run = move || -> nix::Result<()> {
         setsid()?;
+        if c.controlling_terminal {
+            // SAFETY: TIOCSCTTY takes an int argument by value (0: do not steal); fd 0 is the
+            // terminal's slave side, set up by the spawner, and this process leads a new
+            // session without a controlling terminal.
+            if unsafe { nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) } < 0 {
+                return Err(nix::Error::last());
+            }
+        }
         unshare(CloneFlags::CLONE_NEWNS)?;
         mount(
             None::<&str>,
@@ -80,6 +94,16 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
                     makedev(*major, *minor),
                 )?;
             }
+            // The guest's terminals (an `exec -t`'s among them), with /dev/ptmx to make more.
+            mkdir(c.pts.as_c_str(), Mode::from_bits_truncate(0o755))?;
+            mount(
+                Some("/dev/pts"),
+                c.pts.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            symlinkat("pts/ptmx", None, c.ptmx.as_c_str())?;
         }
         let _ = mount(
             Some("proc"),
@@ -133,4 +157,22 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
     unsafe {
         cmd.pre_exec(move || run().map_err(std::io::Error::from));
     }
+}
+
+/// Sets the window size of the terminal whose master side is `master`; the kernel signals the
+/// terminal's foreground process group (SIGWINCH).
+pub fn set_window_size(master: &std::fs::File, rows: u16, cols: u16) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = nix::libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a `struct winsize` through the pointer, which points to a live,
+    // initialised one for the duration of the call; the fd is an open terminal master.
+    if unsafe { nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -225,13 +225,7 @@ fn main() -> std::process::ExitCode {
             }
         }
         Cmd::VmExec { c, tty, args } => {
-            if tty {
-                eprintln!(
-                    "skiff-shim: error: exec -t: microVM tasks give processes pipes, not terminals"
-                );
-                return std::process::ExitCode::from(125);
-            }
-            match vm::shim::exec(&vm::VmDir(c.vm_dir), &c.bundle, &c.id, &c.disk, args) {
+            match vm::shim::exec(&vm::VmDir(c.vm_dir), &c.bundle, &c.id, &c.disk, args, tty) {
                 Ok(status) => std::process::ExitCode::from(status.exit_code.clamp(0, 255) as u8),
                 Err(e) => fail(&e),
             }

@@ -329,7 +329,11 @@ fn from_client(
                     .expect("routes lock")
                     .insert(p.id.clone(), reply);
             }
-            Frame::Message(Message::Signal { .. }) => {}
+            Frame::Message(Message::Signal { .. } | Message::Resize { .. })
+            | Frame::Output {
+                stream: Stream::Stdin,
+                ..
+            } => {}
             _ => continue,
         }
         let mut a = to_agent.lock().expect("agent lock");
@@ -391,14 +395,17 @@ pub fn run(cfg: &RunConfig, on_started: impl FnOnce(i32)) -> Result<ExitStatus, 
 }
 
 /// Runs `args` in the VM, in the root and as the user of the container whose bundle is
-/// `bundle` (as `docker exec` does), its output on this process's stdout and stderr; returns
-/// how it ended. No terminal: the agent gives processes pipes only.
+/// `bundle` (as `docker exec` does), with this process's stdin (relayed until its end) and its
+/// output on this process's stdout and stderr; returns how it ended. With `tty`
+/// (`docker exec -t`), the agent gives the process a terminal, whose input and output are this
+/// process's stdin and stdout, in raw mode and at its window size when they are a terminal.
 pub fn exec(
     vm: &VmDir,
     bundle: &std::path::Path,
     container_id: &str,
     disk: &str,
     args: Vec<String>,
+    tty: bool,
 ) -> Result<ExitStatus, ShimError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -406,7 +413,35 @@ pub fn exec(
     let id = format!("{container_id}.exec-{}-{nanos}", std::process::id());
     let mut process = process_of(vm, bundle, &id, disk)?;
     process.args = args;
+    process.stdin = true;
+    process.tty = tty;
+    if tty && !process.env.iter().any(|e| e.starts_with("TERM=")) {
+        // As docker exec -t: programs need a terminal type to drive the terminal.
+        process.env.push("TERM=xterm".into());
+    }
+    let (stdin, _) = crate::console::stdio()?;
+    let input = stdin
+        .try_clone()
+        .map_err(vm_io(vm, "duplicate stdin for"))?;
+    let _raw = if tty {
+        crate::console::RawMode::enter(stdin.as_fd())?
+    } else {
+        None
+    };
+    // Blocked before the relay threads start, so that only the signalfd sees it.
+    let mut winch = nix::sys::signal::SigSet::empty();
+    winch.add(Signal::SIGWINCH);
+    if tty {
+        winch
+            .thread_block()
+            .map_err(|e| vm_io(vm, "block SIGWINCH for")(e.into()))?;
+    }
     let mut sock = start(vm, process)?;
+    let to_vm = Arc::new(Mutex::new(sock.try_clone().map_err(vm_io(vm, "clone"))?));
+    if tty {
+        resize_on_winch(&id, &stdin, winch, to_vm.clone());
+    }
+    relay_stdin(&id, input, to_vm);
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
     follow(vm, &mut sock, None, |stream, data| {
         let _ = match stream {
@@ -414,6 +449,66 @@ pub fn exec(
             crate::logs::Stream::Stderr => err.write_all(data).and_then(|()| err.flush()),
         };
     })
+}
+
+/// Sends this process's stdin to process `id`'s, then its end (an empty frame).
+fn relay_stdin(id: &str, mut stdin: std::fs::File, to_vm: Arc<Mutex<UnixStream>>) {
+    let id = id.to_owned();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let data = match std::io::Read::read(&mut stdin, &mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Ok(0) | Err(_) => Vec::new(),
+                Ok(n) => buf[..n].to_vec(),
+            };
+            let end = data.is_empty();
+            let frame = Frame::Output {
+                id: id.clone(),
+                stream: Stream::Stdin,
+                data,
+            };
+            if write_frame(&mut *to_vm.lock().expect("vm lock"), &frame).is_err() || end {
+                return;
+            }
+        }
+    });
+}
+
+/// Gives process `id`'s terminal the window size of `stdin` (when it is a terminal) now and at
+/// each SIGWINCH (blocked in `winch`).
+fn resize_on_winch(
+    id: &str,
+    stdin: &std::fs::File,
+    winch: nix::sys::signal::SigSet,
+    to_vm: Arc<Mutex<UnixStream>>,
+) {
+    let Ok(stdin) = stdin.try_clone() else { return };
+    if !rustix::termios::isatty(&stdin) {
+        return;
+    }
+    let Ok(signals) = nix::sys::signalfd::SignalFd::new(&winch) else {
+        return;
+    };
+    let id = id.to_owned();
+    std::thread::spawn(move || {
+        loop {
+            let Ok(size) = rustix::termios::tcgetwinsize(&stdin) else {
+                return;
+            };
+            let msg = Message::Resize {
+                id: id.clone(),
+                rows: size.ws_row,
+                cols: size.ws_col,
+            };
+            if write_frame(&mut *to_vm.lock().expect("vm lock"), &Frame::Message(msg)).is_err() {
+                return;
+            }
+            if !matches!(signals.read_signal(), Ok(Some(_))) {
+                return;
+            }
+        }
+    });
 }
 
 fn vm_io(vm: &VmDir, op: &'static str) -> impl FnOnce(std::io::Error) -> ShimError + use<> {
@@ -474,13 +569,16 @@ fn follow(
             continue;
         }
         match read_frame(sock) {
-            Ok(Some(Frame::Output { stream, data, .. })) => out(
-                match stream {
-                    Stream::Stdout => crate::logs::Stream::Stdout,
-                    Stream::Stderr => crate::logs::Stream::Stderr,
-                },
-                &data,
-            ),
+            Ok(Some(Frame::Output {
+                stream: Stream::Stdout,
+                data,
+                ..
+            })) => out(crate::logs::Stream::Stdout, &data),
+            Ok(Some(Frame::Output {
+                stream: Stream::Stderr,
+                data,
+                ..
+            })) => out(crate::logs::Stream::Stderr, &data),
             Ok(Some(Frame::Message(Message::Exited {
                 exit_code,
                 signal,
@@ -558,6 +656,8 @@ fn process_of(
         uid: p.user().uid(),
         gid: p.user().gid(),
         additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        stdin: false,
+        tty: false,
         mounts,
     })
 }
