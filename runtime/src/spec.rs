@@ -477,6 +477,19 @@ fn cap_name(i: u32) -> String {
         .unwrap_or_default()
 }
 
+/// The kernel's number of `c` (its bit in a capability set).
+pub fn capability_number(c: &Capability) -> Option<u32> {
+    let name = serde_json::to_value(c).ok()?;
+    (0..64).find(|&i| name == serde_json::Value::String(cap_name(i)))
+}
+
+/// The capability set `caps` as the kernel's bit mask.
+pub fn capability_mask<'a>(caps: impl IntoIterator<Item = &'a Capability>) -> u64 {
+    caps.into_iter()
+        .filter_map(capability_number)
+        .fold(0, |m, n| m | 1 << n)
+}
+
 fn rlimit(name: &str) -> Option<PosixRlimitType> {
     serde_json::from_value(serde_json::json!(format!(
         "RLIMIT_{}",

@@ -183,24 +183,38 @@ fn run() -> Result<()> {
     let (kernel, initrd) = assets(dir.path())?;
     let bare = bare_initrd(dir.path())?;
     let node = Skiffd::start(&format!(
-        "[vm]\nkernel = {kernel:?}\ninitrd = {initrd:?}\naccel = {accel:?}\nboot_timeout = \"120s\"\n"
+        "[vm]\nkernel = {kernel:?}\ninitrd = {initrd:?}\naccel = {accel:?}\nboot_timeout = \"120s\"\n[network.awsvpc]\nmode = \"routed\"\nsubnet = \"10.251.0.0/24\"\n"
     ));
     let rt = tokio::runtime::Runtime::new()?;
     let client = Client::new(&node.socket());
-    let def = Bytes::from(
-        json!({"family": "bench", "requiresCompatibilities": ["FARGATE"], "networkMode": "none",
-            "cpu": "1024", "memory": "256", "containerDefinitions": [{"name": "app", "image": BUSYBOX,
-            "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]}]})
-        .to_string(),
-    );
-    let (mut floors, mut agents, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
+    let def = |mode: &str| {
+        Bytes::from(
+            json!({"family": "bench", "requiresCompatibilities": ["FARGATE"], "networkMode": mode,
+                "cpu": "1024", "memory": "256", "containerDefinitions": [{"name": "app", "image": BUSYBOX,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]}]})
+            .to_string(),
+        )
+    };
+    let (none, awsvpc) = (def("none"), def("awsvpc"));
+    let (mut floors, mut agents, mut tasks, mut networked) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let stop = |id: &str| -> Result<()> {
+        let _: Value = rt.block_on(client.call(
+            Method::POST,
+            &format!("/v1/tasks/{id}/stop?wait=stopped"),
+            Bytes::new(),
+        ))?;
+        let _: Value =
+            rt.block_on(client.call(Method::DELETE, &format!("/v1/tasks/{id}"), Bytes::new()))?;
+        Ok(())
+    };
     let mut memory = String::new();
     for i in 0..rounds {
         floors.push(floor(&kernel, &bare, &accel)?);
         agents.push(agent(&kernel, &initrd, &accel, dir.path())?);
         let t0 = Instant::now();
         let rec: Value =
-            rt.block_on(client.call(Method::POST, "/v1/tasks?wait=running", def.clone()))?;
+            rt.block_on(client.call(Method::POST, "/v1/tasks?wait=running", none.clone()))?;
         tasks.push(t0.elapsed().as_secs_f64() * 1000.0);
         ensure!(rec["lastStatus"] == "RUNNING", "{rec}");
         let id = rec["taskId"].as_str().context("task id")?.to_owned();
@@ -225,18 +239,20 @@ fn run() -> Result<()> {
                 rss.saturating_sub(guest) >> 10
             );
         }
-        let _: Value = rt.block_on(client.call(
-            Method::POST,
-            &format!("/v1/tasks/{id}/stop?wait=stopped"),
-            Bytes::new(),
-        ))?;
-        let _: Value =
-            rt.block_on(client.call(Method::DELETE, &format!("/v1/tasks/{id}"), Bytes::new()))?;
+        stop(&id)?;
+        // The same with the task's own address: netd's namespace, the tap, the guest's eth0.
+        let t0 = Instant::now();
+        let rec: Value =
+            rt.block_on(client.call(Method::POST, "/v1/tasks?wait=running", awsvpc.clone()))?;
+        networked.push(t0.elapsed().as_secs_f64() * 1000.0);
+        ensure!(rec["lastStatus"] == "RUNNING", "{rec}");
+        stop(rec["taskId"].as_str().context("task id")?)?;
     }
     println!("accelerator: {accel}");
     println!("floor, QEMU to a bare init:        {}", stats(&floors));
     println!("skiff-shim vm to the agent ready:  {}", stats(&agents));
     println!("FARGATE task to container running: {}", stats(&tasks));
+    println!("the same, networkMode awsvpc:      {}", stats(&networked));
     println!("{memory}");
     println!("rerun: {RERUN}");
     Ok(())

@@ -324,22 +324,24 @@ fn microvm_tasks_mount_their_volumes() {
     if !privileged("microvm_tasks_mount_their_volumes") {
         return;
     }
-    let n = vm_node();
+    // Privileged containers allowed: the writer is one (CAP_SYS_ADMIN, to mount a share).
+    let n = Skiffd::start(&format!("allow_privileged = true\n{}", vm_config()));
     // A node directory (host.sourcePath) and a task-scoped scratch volume, shared into the VM
     // by virtio-fs; the node's directory read-only for one container, writable for the other.
     let site = n.dir.path().join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "from the node\n").unwrap();
-    // `locked`, read-only at every mount point, is shared read-only: a container that mounts
-    // the share itself (it is root in the guest) still cannot write it. Shares are tagged in
-    // the order of the volumes' names: locked is v0.
+    // `locked`, read-only at every mount point, is shared read-only: a privileged container
+    // that mounts the share itself still cannot write it. Shares are tagged in the order of the
+    // volumes' names: locked is v0. The reader, not privileged, has Docker's default
+    // capabilities only (no CAP_SYS_ADMIN: it cannot mount anything).
     let locked = n.dir.path().join("locked");
     std::fs::create_dir_all(&locked).unwrap();
     let def = fargate(
         256,
         &[
-            r#""name":"writer","essential":false,"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/site","readOnly":true},{"sourceVolume":"locked","containerPath":"/locked","readOnly":true}],"command":["sh","-c","cat /site/index.html; echo made-in-vm > /shared/note; if touch /site/x 2>/dev/null; then echo WROTE; else echo READONLY; fi; mkdir /m && mount -t virtiofs v0 /m && if touch /m/x 2>/dev/null; then echo WROTE; else echo READONLY; fi"]"#,
-            r#""name":"reader","dependsOn":[{"containerName":"writer","condition":"COMPLETE"}],"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/out"}],"command":["sh","-c","cat /shared/note; echo back > /out/from-guest"]"#,
+            r#""name":"writer","essential":false,"privileged":true,"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/site","readOnly":true},{"sourceVolume":"locked","containerPath":"/locked","readOnly":true}],"command":["sh","-c","cat /site/index.html; echo made-in-vm > /shared/note; if touch /site/x 2>/dev/null; then echo WROTE; else echo READONLY; fi; mkdir /m && mount -t virtiofs v0 /m && if touch /m/x 2>/dev/null; then echo WROTE; else echo READONLY; fi"]"#,
+            r#""name":"reader","dependsOn":[{"containerName":"writer","condition":"COMPLETE"}],"mountPoints":[{"sourceVolume":"scratch","containerPath":"/shared"},{"sourceVolume":"site","containerPath":"/out"}],"command":["sh","-c","cat /shared/note; echo back > /out/from-guest; grep -E '^Cap(Eff|Bnd)' /proc/self/status; mkdir /m; mount -t virtiofs v0 /m 2>/dev/null || echo NOMOUNT"]"#,
         ],
     )
     .replace(
@@ -358,8 +360,8 @@ fn microvm_tasks_mount_their_volumes() {
     assert!(!locked.join("x").exists());
     let (out, _) = logs(&n, &id, "reader");
     assert_eq!(
-        out, "made-in-vm\n",
-        "one container's write, seen by the next"
+        out, "made-in-vm\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nNOMOUNT\n",
+        "one container's write, seen by the next; Docker's default capabilities"
     );
     assert_eq!(
         std::fs::read_to_string(site.join("from-guest")).unwrap(),

@@ -230,6 +230,14 @@ fn uptime_ms() -> u64 {
         .map_or(0, |s| (s * 1000.0) as u64)
 }
 
+/// The highest capability number the guest kernel knows (40 for Linux 6.1).
+fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
 /// The guest kernel's OOM kill count so far.
 fn oom_kills() -> u64 {
     std::fs::read_to_string("/proc/vmstat")
@@ -477,6 +485,8 @@ impl Agent {
             groups: p.additional_gids.clone(),
             binds,
             controlling_terminal: p.tty,
+            capabilities: p.capabilities.map(|c| (c, last_capability())),
+            no_new_privileges: p.no_new_privileges,
         };
         let mut cmd = Command::new(&p.args[0]);
         cmd.args(&p.args[1..])

@@ -46,6 +46,13 @@ pub struct Process {
     /// Supplementary groups.
     #[serde(default)]
     pub additional_gids: Vec<u32>,
+    /// Its capability sets, as the kernel's bit masks (the container spec's); none: the
+    /// agent's own (all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// It cannot gain privileges by exec (setuid binaries, file capabilities).
+    #[serde(default)]
+    pub no_new_privileges: bool,
     /// Its stdin is the host's to write (`Stream::Stdin` frames); otherwise /dev/null.
     #[serde(default)]
     pub stdin: bool,
@@ -56,6 +63,19 @@ pub struct Process {
     /// Volumes: shared directories of the host (virtio-fs) bound into the root.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<VolumeMount>,
+}
+
+/// A process's capability sets (bit `n` is capability number `n`); its inheritable and
+/// ambient sets are empty, as a container spec's are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// The bounding set: what it and its children can ever have.
+    pub bounding: u64,
+    /// The effective set.
+    pub effective: u64,
+    /// The permitted set.
+    pub permitted: u64,
 }
 
 /// A volume in a process's root: a virtio-fs share of the VM, by its tag.
@@ -385,6 +405,12 @@ mod tests {
             uid: 1000,
             gid: 1000,
             additional_gids: vec![50],
+            capabilities: Some(Capabilities {
+                bounding: 0xa80425fb,
+                effective: 0xa80425fb,
+                permitted: 0xa80425fb,
+            }),
+            no_new_privileges: true,
             stdin: true,
             tty: true,
             mounts: vec![VolumeMount {

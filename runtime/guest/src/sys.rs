@@ -1,8 +1,10 @@
-//! The agent's unsafe calls: confining a container process between fork and exec, and sizing
-//! a terminal (docs/conventions.md: unsafe code lives in `sys` modules).
+//! The agent's unsafe calls: confining a container process between fork and exec (its
+//! capability sets among it: nix has no capset), and sizing a terminal (docs/conventions.md: unsafe code lives in `sys` modules).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
+
+use crate::proto::Capabilities;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -40,6 +42,77 @@ pub struct Confinement {
     pub binds: Vec<(CString, CString, bool)>,
     /// Its stdin is a terminal that becomes its controlling terminal.
     pub controlling_terminal: bool,
+    /// Its capability sets (none: the agent's), and the highest capability number the guest
+    /// kernel knows.
+    pub capabilities: Option<(Capabilities, u32)>,
+    /// PR_SET_NO_NEW_PRIVS.
+    pub no_new_privileges: bool,
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`: one of the two 32-bit halves of the sets.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, in two `CapData`.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops from the bounding set every capability not in `bounding` (numbers up to `last`).
+fn drop_bounding(bounding: u64, last: u32) -> nix::Result<()> {
+    for cap in (0..=last.min(63)).filter(|c| bounding & (1 << c) == 0) {
+        // SAFETY: PR_CAPBSET_DROP takes the capability number by value and no pointer.
+        let rc = unsafe {
+            nix::libc::prctl(
+                nix::libc::PR_CAPBSET_DROP,
+                nix::libc::c_ulong::from(cap),
+                0,
+                0,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(nix::Error::last());
+        }
+    }
+    Ok(())
+}
+
+/// Sets the calling thread's effective and permitted sets (inheritable empty).
+fn set_capabilities(c: &Capabilities) -> nix::Result<()> {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |shift: u32| CapData {
+        effective: (c.effective >> shift) as u32,
+        permitted: (c.permitted >> shift) as u32,
+        inheritable: 0,
+    };
+    let data = [half(0), half(32)];
+    // SAFETY: capset reads a version-3 header and two data structs (the layouts of
+    // linux/capability.h, `repr(C)`), both alive on this stack for the call.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_capset,
+            &header as *const CapHeader,
+            data.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
 }
 
 /// The character devices a container gets in its /dev (as OCI runtimes create them).
@@ -145,9 +218,22 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
         chroot(c.root.as_c_str())?;
         chdir("/")?;
         chdir(c.cwd.as_c_str())?;
+        // As runc: the bounding set first (CAP_SETPCAP is still held), the permitted set kept
+        // across the change of user, then the sets of the spec.
+        if let Some((caps, last)) = &c.capabilities {
+            drop_bounding(caps.bounding, *last)?;
+            nix::sys::prctl::set_keepcaps(true)?;
+        }
         setgroups(&groups)?;
         setgid(Gid::from_raw(c.gid))?;
         setuid(Uid::from_raw(c.uid))?;
+        if let Some((caps, _)) = &c.capabilities {
+            set_capabilities(caps)?;
+            nix::sys::prctl::set_keepcaps(false)?;
+        }
+        if c.no_new_privileges {
+            nix::sys::prctl::set_no_new_privs()?;
+        }
         Ok(())
     };
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use skiff_guest::proto::{
-    Frame, Message, NetworkConfig, Process, Stream, VolumeMount, read_frame, write_frame,
+    Capabilities, Frame, Message, NetworkConfig, Process, Stream, VolumeMount, read_frame,
+    write_frame,
 };
 
 use super::{Qemu, VmDir, VmError, VmSpec, Vmm, io};
@@ -656,6 +657,17 @@ fn process_of(
         uid: p.user().uid(),
         gid: p.user().gid(),
         additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        capabilities: p.capabilities().as_ref().map(|c| {
+            let mask = |set: &Option<oci_spec::runtime::Capabilities>| {
+                crate::spec::capability_mask(set.iter().flatten())
+            };
+            Capabilities {
+                bounding: mask(c.bounding()),
+                effective: mask(c.effective()),
+                permitted: mask(c.permitted()),
+            }
+        }),
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
         stdin: false,
         tty: false,
         mounts,
