@@ -483,3 +483,20 @@ fn pid_and_ipc_modes() {
     let e = build_spec(&i).unwrap_err();
     assert!(e.to_string().contains("pidMode Task without"), "{e}");
 }
+
+#[test]
+fn capability_sets_become_the_kernels_bit_masks() {
+    // Docker's default set is 0xa80425fb, as /proc/PID/status shows it in a Docker container.
+    let default = capabilities(&container(r#"{"name":"a","image":"i"}"#)).unwrap();
+    assert_eq!(capability_mask(&default), 0xa804_25fb);
+    let all = capabilities(&container(
+        r#"{"name":"a","image":"i","linuxParameters":{"capabilities":{"add":["ALL"]}}}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        capability_mask(&all) & (1 << 21),
+        1 << 21,
+        "CAP_SYS_ADMIN is bit 21"
+    );
+    assert_eq!(capability_mask(&[]), 0);
+}
