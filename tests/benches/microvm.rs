@@ -35,7 +35,9 @@ use hyper::Method;
 use serde_json::{Value, json};
 use skiff_runtime::client::Client;
 use skiff_runtime::vm;
-use skiff_tests::{BUSYBOX, Skiffd, bench_main, env_num, percentile, workspace_bin};
+use skiff_tests::{
+    BUSYBOX, Skiffd, bench_main, env_num, percentile, stop_and_remove, workspace_bin,
+};
 
 const RERUN: &str =
     "cargo build --release --workspace && cargo bench -p skiff-tests --bench microvm";
@@ -198,16 +200,6 @@ fn run() -> Result<()> {
     let (none, awsvpc) = (def("none"), def("awsvpc"));
     let (mut floors, mut agents, mut tasks, mut networked) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let stop = |id: &str| -> Result<()> {
-        let _: Value = rt.block_on(client.call(
-            Method::POST,
-            &format!("/v1/tasks/{id}/stop?wait=stopped"),
-            Bytes::new(),
-        ))?;
-        let _: Value =
-            rt.block_on(client.call(Method::DELETE, &format!("/v1/tasks/{id}"), Bytes::new()))?;
-        Ok(())
-    };
     let mut memory = String::new();
     for i in 0..rounds {
         floors.push(floor(&kernel, &bare, &accel)?);
@@ -239,14 +231,14 @@ fn run() -> Result<()> {
                 rss.saturating_sub(guest) >> 10
             );
         }
-        stop(&id)?;
+        stop_and_remove(&rt, &client, &id)?;
         // The same with the task's own address: netd's namespace, the tap, the guest's eth0.
         let t0 = Instant::now();
         let rec: Value =
             rt.block_on(client.call(Method::POST, "/v1/tasks?wait=running", awsvpc.clone()))?;
         networked.push(t0.elapsed().as_secs_f64() * 1000.0);
         ensure!(rec["lastStatus"] == "RUNNING", "{rec}");
-        stop(rec["taskId"].as_str().context("task id")?)?;
+        stop_and_remove(&rt, &client, rec["taskId"].as_str().context("task id")?)?;
     }
     println!("accelerator: {accel}");
     println!("floor, QEMU to a bare init:        {}", stats(&floors));

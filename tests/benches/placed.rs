@@ -31,7 +31,9 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::{Value, json};
 use skiff_runtime::client::Client;
-use skiff_tests::{Apid, BUSYBOX, ControlNet, Skiffd, bench_main, env_num, percentile};
+use skiff_tests::{
+    Apid, BUSYBOX, ControlNet, Skiffd, bench_main, env_num, percentile, stop_and_remove,
+};
 
 const RERUN: &str =
     "cargo build --release --workspace && cargo bench -p skiff-tests --bench placed";
@@ -65,13 +67,7 @@ fn local(node: &Skiffd, rounds: usize) -> Result<Vec<f64>> {
             out.push(ms);
         }
         let id = rec["taskId"].as_str().context("task id")?.to_owned();
-        let _: Value = rt.block_on(client.call(
-            Method::POST,
-            &format!("/v1/tasks/{id}/stop?wait=stopped"),
-            Bytes::new(),
-        ))?;
-        let _: Value =
-            rt.block_on(client.call(Method::DELETE, &format!("/v1/tasks/{id}"), Bytes::new()))?;
+        stop_and_remove(&rt, &client, &id)?;
     }
     Ok(out)
 }

@@ -1422,6 +1422,25 @@ pub fn in_pty(mut shim: Command, input: &str) -> (i32, String) {
     (status.code().unwrap_or(-1), out)
 }
 
+/// Stops task `id` through skiffd's API, waiting until it is stopped, and removes it: what the
+/// benchmarks do between rounds.
+pub fn stop_and_remove(
+    rt: &tokio::runtime::Runtime,
+    client: &skiff_runtime::client::Client,
+    id: &str,
+) -> Result<()> {
+    use bytes::Bytes;
+    use hyper::Method;
+    let _: serde_json::Value = rt.block_on(client.call(
+        Method::POST,
+        &format!("/v1/tasks/{id}/stop?wait=stopped"),
+        Bytes::new(),
+    ))?;
+    let _: serde_json::Value =
+        rt.block_on(client.call(Method::DELETE, &format!("/v1/tasks/{id}"), Bytes::new()))?;
+    Ok(())
+}
+
 /// Runs `f` on a thread of its own inside the network namespace bound at `ns` (sockets it opens
 /// stay in that namespace).
 pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
