@@ -36,7 +36,6 @@ pub fn share_daemon(
     listener: std::os::fd::RawFd,
     read_only: Option<std::ffi::CString>,
 ) {
-    use nix::mount::{MsFlags, mount};
     use std::os::unix::process::CommandExt;
     let run = move || -> nix::Result<()> {
         if listener == 3 {
@@ -49,37 +48,14 @@ pub fn share_daemon(
             nix::unistd::dup2(listener, 3)?;
         }
         if let Some(dir) = &read_only {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )?;
-            mount(
-                Some(dir.as_c_str()),
-                dir.as_c_str(),
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )?;
-            mount(
-                None::<&str>,
-                dir.as_c_str(),
-                None::<&str>,
-                MsFlags::MS_BIND
-                    | MsFlags::MS_REMOUNT
-                    | MsFlags::MS_RDONLY
-                    | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV,
-                None::<&str>,
-            )?;
+            skiff_guest::mounts::private_namespace()?;
+            skiff_guest::mounts::bind(dir, dir, true)?;
         }
         Ok(())
     };
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // work is sound: it makes system calls only (fcntl, dup2, unshare, mount) on values
+    // work is sound: it makes system calls only (fcntl, dup2, unshare, mount: `skiff_guest::mounts`
+    // allocates nothing) on values
     // computed before the fork (the CString; nix passes CStr paths without allocating), and
     // returns errors as values without panicking.
     unsafe {

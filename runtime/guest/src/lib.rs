@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod mounts;
 pub mod net;
 pub mod proto;
 mod sys;

@@ -9,7 +9,6 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::unistd::{Gid, Uid, chdir, chroot, mkdir, setgid, setgroups, setsid, setuid, symlinkat};
 
@@ -140,14 +139,7 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
                 return Err(nix::Error::last());
             }
         }
-        unshare(CloneFlags::CLONE_NEWNS)?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )?;
+        crate::mounts::private_namespace()?;
         // An image without /dev or /proc has its process run without them, as a minimal
         // container can.
         if mount(
@@ -169,13 +161,7 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
             }
             // The guest's terminals (an `exec -t`'s among them), with /dev/ptmx to make more.
             mkdir(c.pts.as_c_str(), Mode::from_bits_truncate(0o755))?;
-            mount(
-                Some("/dev/pts"),
-                c.pts.as_c_str(),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
+            crate::mounts::bind(c"/dev/pts", &c.pts, false)?;
             symlinkat("pts/ptmx", None, c.ptmx.as_c_str())?;
         }
         let _ = mount(
@@ -194,26 +180,7 @@ pub fn confine(cmd: &mut Command, c: Confinement) {
             None::<&str>,
         );
         for (src, dst, ro) in &c.binds {
-            mount(
-                Some(src.as_c_str()),
-                dst.as_c_str(),
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )?;
-            if *ro {
-                mount(
-                    None::<&str>,
-                    dst.as_c_str(),
-                    None::<&str>,
-                    MsFlags::MS_BIND
-                        | MsFlags::MS_REMOUNT
-                        | MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV,
-                    None::<&str>,
-                )?;
-            }
+            crate::mounts::bind(src, dst, *ro)?;
         }
         chroot(c.root.as_c_str())?;
         chdir("/")?;
