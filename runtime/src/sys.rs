@@ -54,10 +54,10 @@ pub fn share_daemon(
         Ok(())
     };
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // work is sound: it makes system calls only (fcntl, dup2, unshare, mount: `skiff_guest::mounts`
-    // allocates nothing) on values
-    // computed before the fork (the CString; nix passes CStr paths without allocating), and
-    // returns errors as values without panicking.
+    // work is sound: it makes system calls only (fcntl, dup2, and unshare and mount through
+    // `skiff_guest::mounts`, which allocates nothing) on values computed before the fork (the
+    // CString; nix passes CStr paths without allocating), and returns errors as values without
+    // panicking.
     unsafe {
         cmd.pre_exec(move || run().map_err(std::io::Error::from));
     }

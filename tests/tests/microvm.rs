@@ -72,18 +72,26 @@ fn logs(n: &Skiffd, id: &str, container: &str) -> (String, String) {
     )
 }
 
-/// No VMM of this node left running.
+/// The VMMs and virtio-fs daemons of this node still running (their command lines name files
+/// in the node's directory: its VMs' sockets, disks and volumes).
 fn vmms(n: &Skiffd) -> Vec<String> {
     let out = Command::new("pgrep")
-        .args(["-af", "qemu-system"])
+        .args(["-af", "qemu-system|virtiofsd"])
         .output()
         .unwrap();
-    let root = n.root.display().to_string();
+    let dir = n.dir.path().display().to_string();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&root))
+        .filter(|l| l.contains(&dir))
         .map(str::to_owned)
         .collect()
+}
+
+/// Nothing of this node's tasks is left: no cgroup, mount, namespace, link (`leftovers`), no
+/// VMM or virtio-fs daemon.
+fn nothing_left(n: &Skiffd) {
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    assert!(vmms(n).is_empty(), "{:?}", vmms(n));
 }
 
 #[test]
@@ -123,8 +131,7 @@ fn fargate_tasks_run_in_a_microvm_of_their_own() {
     );
     assert_ne!(lines[2], host_boot.trim(), "{out}");
     assert_eq!(err.trim(), "oops", "stderr is logged too");
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
-    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    nothing_left(&n);
 
     // Two containers in one VM, one after the other (dependsOn COMPLETE): the same kernel
     // boot; stop with stopTimeout reaches the one that traps SIGTERM.
@@ -196,8 +203,7 @@ fn fargate_tasks_run_in_a_microvm_of_their_own() {
     let (a, b) = (logs(&n, &id, "first").0, logs(&n, &id, "svc").0);
     assert_eq!(a.lines().next(), b.lines().next(), "one VM: {a} / {b}");
     assert!(b.contains("got TERM"), "{b}");
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
-    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    nothing_left(&n);
 
     // What a VM cannot do here is refused at once, naming why, leaving nothing.
     let host = fargate(256, &[r#""name":"a","command":["true"]"#]).replace("\"none\"", "\"host\"");
@@ -212,7 +218,7 @@ fn fargate_tasks_run_in_a_microvm_of_their_own() {
         !out.status.success() && err.contains("networkMode host"),
         "{err}"
     );
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    nothing_left(&n);
 }
 
 #[test]
@@ -289,8 +295,7 @@ fn microvm_tasks_are_on_the_task_network() {
         n.ok(&["task", "stop", id]);
         n.wait_stopped(id);
     }
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
-    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    nothing_left(&n);
     assert!(
         get(&lan.ns, "192.168.77.1:8080").is_err(),
         "the mapping went with the task"
@@ -315,8 +320,7 @@ fn microvm_tasks_are_on_the_task_network() {
     assert!(meta.contains(&m), "{meta}");
     n.ok(&["task", "stop", &m]);
     n.wait_stopped(&m);
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
-    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    nothing_left(&n);
 }
 
 #[test]
@@ -369,17 +373,7 @@ fn microvm_tasks_mount_their_volumes() {
         "written by the guest into the node's directory"
     );
     assert!(!site.join("x").exists());
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
-    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
-    let fsd = Command::new("pgrep")
-        .args(["-af", "virtiofsd"])
-        .output()
-        .unwrap();
-    let root = n.root.display().to_string();
-    assert!(
-        !String::from_utf8_lossy(&fsd.stdout).contains(&root),
-        "no virtio-fs daemon left"
-    );
+    nothing_left(&n);
 }
 
 #[test]
@@ -413,7 +407,7 @@ fn a_microvm_task_has_the_memory_of_its_size() {
         "{rec:#} {err}"
     );
     assert!(err.contains("memory"), "{err}");
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    nothing_left(&n);
 }
 
 #[test]
@@ -436,8 +430,7 @@ fn twenty_microvm_tasks_leave_nothing_behind() {
             n.ok(&["task", "rm", &id]);
         }
     }
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
-    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    nothing_left(&n);
     let disks = Command::new("find")
         .arg(&n.root)
         .args(["-name", "*.ext4"])
@@ -482,15 +475,13 @@ fn a_node_without_vm_support_refuses_fargate_tasks() {
         assert_eq!(Skiffd::container(&n.wait_stopped(&id), "a")["exitCode"], 0);
         eprintln!("KVM runs guests on this host: the canary booted");
     } else {
-        eprintln!("refused: {err}");
         assert!(
             err.contains("a canary guest did not boot")
                 || err.contains("/dev/kvm cannot be opened"),
             "the reason is named: {err}"
         );
     }
-    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
-    assert!(vmms(&n).is_empty(), "{:?}", vmms(&n));
+    nothing_left(&n);
 }
 
 #[test]
@@ -587,6 +578,5 @@ fn the_control_plane_places_fargate_tasks_on_nodes_with_microvms() {
     until(120, "the VM tasks stopped", || {
         vm.ok(&["task", "ls", "-q"]).trim().is_empty().then_some(())
     });
-    assert!(vm.leftovers().is_empty(), "{:?}", vm.leftovers());
-    assert!(vmms(&vm).is_empty(), "{:?}", vmms(&vm));
+    nothing_left(&vm);
 }

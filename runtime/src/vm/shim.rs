@@ -420,10 +420,9 @@ pub fn exec(
         // As docker exec -t: programs need a terminal type to drive the terminal.
         process.env.push("TERM=xterm".into());
     }
-    let (stdin, _) = crate::console::stdio()?;
-    let input = stdin
-        .try_clone()
-        .map_err(vm_io(vm, "duplicate stdin for"))?;
+    // Two copies of stdin: one read by the relay thread, one whose terminal mode and size are
+    // managed here.
+    let ((stdin, _), (input, _)) = (crate::console::stdio()?, crate::console::stdio()?);
     let _raw = if tty {
         crate::console::RawMode::enter(stdin.as_fd())?
     } else {
